@@ -1,0 +1,128 @@
+"""Desired documents (contract section 3): parse, validate, merge into an effective spec."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bootstrap.errors import InvalidDocument
+from bootstrap.model.merge import merge_all
+from bootstrap.model.spec import FieldError, Spec
+
+API_VERSION = "cloudstack-bootstrap/v1"
+ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
+
+
+class Signature(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    key_id: str = Field(alias="keyId", min_length=1, max_length=128)
+    ed25519: str = Field(min_length=1, max_length=256)
+
+
+class Document(BaseModel):
+    """One desired document: a role's spec, or a host's overlay.
+
+    ``spec`` stays a plain mapping here: a single document may be partial, and only the
+    merged result has to be a complete, valid :class:`Spec`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    api_version: Literal["cloudstack-bootstrap/v1"] = Field(alias="apiVersion")
+    kind: Literal["Role", "Host"]
+    name: str
+    version: int = Field(ge=1)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    signature: Signature | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not (ROLE_NAME.match(name) or HOST_NAME.match(name)):
+            raise ValueError(f"{name!r} is not a valid role or host name")
+        return name
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def topic_key(self) -> str:
+        """Identifies the topic this document lives on, for replay protection."""
+        return f"{self.kind.lower()}s/{self.name}"
+
+
+def _location(loc: Sequence[str | int], error: Mapping[str, Any]) -> str:
+    path = list(loc)
+    ctx_error = (error.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, FieldError):
+        path.extend(ctx_error.path)
+    # drop pydantic's tags for union members / function validators
+    path = [p for p in path if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def invalid_from(exc: ValidationError, prefix: str = "") -> InvalidDocument:
+    """The first pydantic error as an :class:`InvalidDocument` naming a dotted field path."""
+    first = exc.errors()[0]
+    field = _location(first["loc"], first)
+    if prefix:
+        field = f"{prefix}.{field}" if field else prefix
+    return InvalidDocument(_message(first), field=field)
+
+
+def parse_document(raw: bytes | str | Mapping[str, Any]) -> Document:
+    """Parse JSON or YAML (or an already-decoded mapping) into a validated document.
+
+    The document's own spec is validated too (as if it stood alone), so an invalid
+    field is reported against the document that carries it.
+    """
+    if isinstance(raw, Mapping):
+        data: object = raw
+    else:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise InvalidDocument(f"neither JSON nor YAML: {exc}", field="") from exc
+    if not isinstance(data, Mapping):
+        raise InvalidDocument("a desired document is a JSON object", field="")
+    try:
+        doc = Document.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_from(exc) from exc
+    if doc.kind == "Role" and not ROLE_NAME.match(doc.name):
+        raise InvalidDocument(f"{doc.name!r} is not a valid role name", field="name")
+    validate_spec(doc.spec, prefix="spec")
+    return doc
+
+
+def validate_spec(raw: Mapping[str, Any], *, prefix: str = "spec") -> Spec:
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid_from(exc, prefix) from exc
+
+
+def effective_spec(documents: Sequence[Document]) -> Spec:
+    """Roles in the order given, then host overlays; the result validated as a whole."""
+    ordered = [d for d in documents if d.kind == "Role"] + [
+        d for d in documents if d.kind == "Host"
+    ]
+    return validate_spec(merge_all(d.spec for d in ordered))

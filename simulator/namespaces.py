@@ -1,0 +1,161 @@
+"""Named network namespaces that we create, enter, run processes in, and remove.
+
+Every namespace carries a run prefix (``csb<run>-``), so concurrent runs never collide and
+a cleanup removes exactly what its own run made (never anything else, unlike Mininet's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute, netns
+
+NETNS_DIR = Path("/var/run/netns")
+PREFIX = "csb"
+
+
+def new_run_id() -> str:
+    """A short id that names one run's namespaces: ``csb`` + 5 hex digits."""
+    return f"{PREFIX}{secrets.token_hex(3)[:5]}"
+
+
+def _enter(name: str) -> None:
+    netns.setns(name, flags=0)
+
+
+class Namespace:
+    """One named network namespace. ``with Namespace.create(name) as ns:`` removes it after."""
+
+    def __init__(self, name: str) -> None:
+        if len(name) > 64 or "/" in name:
+            raise ValueError(f"bad namespace name {name!r}")
+        self.name = name
+
+    @classmethod
+    def create(cls, name: str) -> Namespace:
+        netns.create(name)
+        ns = cls(name)
+        with ns.iproute() as ipr:  # loopback up, as every host expects
+            (lo,) = ipr.link_lookup(ifname="lo")
+            ipr.link("set", index=lo, state="up")
+        return ns
+
+    @property
+    def path(self) -> Path:
+        return NETNS_DIR / self.name
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def iproute(self) -> IPRoute:
+        """A netlink socket inside the namespace."""
+        return IPRoute(netns=self.name)
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a process inside the namespace."""
+        return subprocess.Popen(list(argv), preexec_fn=lambda: _enter(self.name), **kwargs)
+
+    def run(self, argv: Sequence[str], *, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        return subprocess.run(list(argv), preexec_fn=lambda: _enter(self.name), check=check, **kwargs)
+
+    async def exec(self, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv, preexec_fn=lambda: _enter(self.name), **kwargs
+        )
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Run this thread inside the namespace for the block (sockets made here stay in it)."""
+        netns.pushns(self.name)
+        try:
+            yield
+        finally:
+            netns.popns()
+
+    def pids(self) -> list[int]:
+        """Processes whose network namespace is this one (by the namespace file's inode)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                ns = (entry / "ns" / "net").stat()
+            except OSError:
+                continue
+            if (ns.st_dev, ns.st_ino) == (st.st_dev, st.st_ino):
+                found.append(int(entry.name))
+        return found
+
+    def remove(self, *, grace: float = 2.0) -> None:
+        """Stop every process still in the namespace, then remove it."""
+        if not self.exists():
+            return
+        pids = self.pids()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + grace
+            while pids and time.monotonic() < deadline:
+                pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+                time.sleep(0.05)
+            if not pids:
+                break
+        netns.remove(self.name)
+
+    def __enter__(self) -> Namespace:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r})"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def ours(run_id: str) -> list[Namespace]:
+    """The namespaces of one run (``run_id-*``), whatever state the run ended in."""
+    return [Namespace(n) for n in netns.listnetns() if n.startswith(f"{run_id}-")]
+
+
+def remove_run(run_id: str) -> list[str]:
+    """Remove exactly one run's namespaces; returns their names."""
+    removed = []
+    for ns in ours(run_id):
+        ns.remove()
+        removed.append(ns.name)
+    return removed
+
+
+def veth_pair(a: Namespace, a_name: str, b: Namespace, b_name: str, *, mtu: int = 1500) -> None:
+    """A veth from ``a`` (named ``a_name``) to ``b`` (``b_name``), both up."""
+    tmp = f"v{secrets.token_hex(4)}"
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=tmp, kind="veth", peer={"ifname": f"{tmp}p", "net_ns_fd": b.name})
+        (idx,) = ipr.link_lookup(ifname=tmp)
+        ipr.link("set", index=idx, net_ns_fd=a.name)
+    for ns, old, new in ((a, tmp, a_name), (b, f"{tmp}p", b_name)):
+        with ns.iproute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=old)
+            ipr.link("set", index=idx, ifname=new, mtu=mtu)
+            ipr.link("set", index=idx, state="up")
