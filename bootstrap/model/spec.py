@@ -14,9 +14,11 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    WithJsonSchema,
     ConfigDict,
     Field,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -82,6 +84,11 @@ class PortRange(Strict):
     def __str__(self) -> str:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
+    @model_serializer
+    def _as_written(self) -> int | str:
+        """Serialise as an operator writes it (``22``, ``"5900-6100"``): round-trips."""
+        return self.first if self.first == self.last else str(self)
+
     @classmethod
     def parse(cls, value: object) -> PortRange:
         return cls.model_validate(_port_fields(value))
@@ -101,7 +108,18 @@ def _port_fields(value: object) -> object:
     return value
 
 
-PortItem = Annotated[PortRange, BeforeValidator(_port_fields)]
+PortItem = Annotated[
+    PortRange,
+    BeforeValidator(_port_fields),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "pattern": r"^\d{1,5}(-\d{1,5})?$"},
+            ]
+        }
+    ),
+]
 
 
 class Cpu(Strict):

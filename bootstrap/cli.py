@@ -1,0 +1,260 @@
+"""``csboot``: the one-shot shell around the engine, and the entry to the agent and fleet tools.
+
+Exit codes (contract section 5): plan 0 nothing to change / 2 changes pending / 1 invalid
+or error; apply 0 converged / 1 failed (and rolled back); check 0 all pass / 1 a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bootstrap import __version__
+from bootstrap.converge import Options, converge, plan_host, recover_host
+from bootstrap.engine.probe import Probe, probe_for
+from bootstrap.errors import BootstrapError, InvalidDocument
+from bootstrap.host.root import HostRoot
+from bootstrap.model.document import Document, effective_spec, parse_document
+from bootstrap.model.spec import Spec
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def fail(error: BootstrapError, as_json: bool) -> int:
+    if as_json:
+        emit_json({"error": error.to_json()})
+    else:
+        print(f"csboot: error: {error.message}", file=sys.stderr)
+    return 1
+
+
+def load_documents(paths: Sequence[str]) -> list[Document]:
+    docs = []
+    for path in paths:
+        try:
+            raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidDocument(f"cannot read {path}: {exc.strerror}", field="-f") from exc
+        try:
+            docs.append(parse_document(raw))
+        except InvalidDocument as exc:
+            raise InvalidDocument(exc.reason, field=exc.field) from exc
+    return docs
+
+
+def load_spec(paths: Sequence[str]) -> tuple[list[Document], Spec]:
+    docs = load_documents(paths)
+    return docs, effective_spec(docs)
+
+
+def describe_docs(docs: Sequence[Document]) -> str:
+    return ", ".join(f"{d.kind.lower()} {d.name} v{d.version}" for d in docs)
+
+
+# --- plan ------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        docs, spec = load_spec(args.file)
+        plan = asyncio.run(plan_host(spec, HostRoot(Path(args.root))))
+    except BootstrapError as exc:
+        return fail(exc, args.json)
+    restarts = plan.restarts
+    if args.json:
+        emit_json(
+            {
+                "documents": [d.topic_key() + f"@{d.version}" for d in docs],
+                "changes": [c.to_json() for c in plan.changes],
+                "restarts": restarts,
+            }
+        )
+    else:
+        print(f"plan for {describe_docs(docs)} (root {args.root}):")
+        for change in plan.changes:
+            print(f"  {change}")
+        for service in restarts:
+            print(f"  ↻ service/{service}: restart (reads a changed file)")
+        print(f"{len(plan.changes)} change(s) pending." if plan else "nothing to change.")
+    return 2 if plan else 0
+
+
+# --- apply -----------------------------------------------------------------------------
+
+
+def _probes(specs: Sequence[str]) -> list[Probe]:
+    probes = []
+    for text in specs:
+        try:
+            probes.append(probe_for(text))
+        except ValueError as exc:
+            raise InvalidDocument(f"{text!r} is not ADDR or HOST:PORT", field="--probe") from exc
+    return probes
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    try:
+        docs, spec = load_spec(args.file)
+        options = Options(probes=_probes(args.probe), rollback_window=args.rollback_window)
+        _plan, outcome = asyncio.run(converge(spec, HostRoot(Path(args.root)), options))
+    except BootstrapError as exc:
+        return fail(exc, args.json)
+    if args.json:
+        emit_json(
+            {
+                "state": outcome.state,
+                "changes": [c.to_json() for c in outcome.changes],
+                "checks": [c.to_json() for c in outcome.checks],
+                "error": outcome.error.to_json() if outcome.error else None,
+            }
+        )
+    else:
+        for change in outcome.changes:
+            print(f"  {change}")
+        for check in outcome.checks:
+            print(f"  {'ok ' if check.ok else 'BAD'} {check.name}: {check.detail}")
+        if outcome.error:
+            print(f"csboot: {outcome.state}: {outcome.error.message}", file=sys.stderr)
+        else:
+            print(f"{outcome.state}: {describe_docs(docs)} ({len(outcome.changes)} change(s)).")
+    return 0 if outcome.ok else 1
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    try:
+        reverted = asyncio.run(recover_host(HostRoot(Path(args.root))))
+    except BootstrapError as exc:
+        return fail(exc, args.json)
+    if args.json:
+        emit_json({"reverted": reverted or []})
+    else:
+        print("nothing to recover." if reverted is None else f"reverted: {', '.join(reverted)}")
+    return 0
+
+
+# --- check / schema --------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bootstrap.host.preflight import evaluate, gather_facts
+
+    checks = evaluate(gather_facts(HostRoot(Path(args.root))))
+    if args.json:
+        emit_json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]})
+    else:
+        for check in checks:
+            print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def document_schema() -> dict[str, Any]:
+    """The JSON Schema of a desired document, its ``spec`` being the full typed spec."""
+    doc = Document.model_json_schema(by_alias=True)
+    spec = Spec.model_json_schema()
+    defs = {**doc.pop("$defs", {}), **spec.pop("$defs", {})}
+    doc["properties"]["spec"] = spec
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://cloudstack-bootstrap/schema/v1/document.json",
+        **doc,
+        "$defs": defs,
+    }
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    emit_json(document_schema())
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def _docs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        metavar="DOC",
+        help="desired document (JSON or YAML); repeat to merge roles, then host",
+    )
+    p.add_argument("--root", default="/", metavar="DIR", help="prefix every file path with DIR")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("plan", help="show what apply would change (exit 0 none, 2 pending)")
+    _docs_args(p)
+    p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("apply", help="converge this host as one transaction with rollback")
+    _docs_args(p)
+    p.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="also require ADDR (ICMP) or HOST:PORT (TCP) to stay reachable",
+    )
+    p.add_argument(
+        "--rollback-window",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a lost probe may take to come back before reverting",
+    )
+    p.set_defaults(handler=cmd_apply)
+
+    p = sub.add_parser("recover", help="revert an apply that a crash interrupted")
+    p.add_argument("--root", default="/", metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_recover)
+
+    p = sub.add_parser("check", help="preflight: the seed's host requirements")
+    p.add_argument("--root", default="/", metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of desired documents")
+    p.set_defaults(handler=cmd_schema)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    register_core,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csboot", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"csboot {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The one entry point every shell calls: plan or converge a host to an effective spec.
+
+``csboot plan|apply``, the agent and the simulator (through the agent and the CLI) all go
+through here, so there is exactly one implementation of "make this host right".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bootstrap.engine.journal import Journal
+from bootstrap.engine.plan import Plan, make_plan
+from bootstrap.engine.probe import IcmpProbe, Probe
+from bootstrap.engine.services import services_for
+from bootstrap.engine.transaction import EventSink, Outcome, apply_plan, recover
+from bootstrap.host.root import HostRoot
+from bootstrap.model.document import validate_spec
+from bootstrap.model.spec import Spec
+from bootstrap.resources import resources_for
+
+
+def _noop(_event: str, _data: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to converge: extra probes (the agent adds its broker), the rollback window."""
+
+    probes: Sequence[Probe] = ()
+    rollback_window: float = 30.0
+    on_event: EventSink = field(default=_noop)
+
+
+def journal_for(host: HostRoot) -> Journal:
+    return Journal(host.state_dir / "journal.json")
+
+
+def probes_for(spec: Spec, extra: Sequence[Probe] = ()) -> list[Probe]:
+    """The management gateway (when the spec names one), then the caller's probes."""
+    probes: list[Probe] = []
+    mgmt = spec.network.management if spec.network else None
+    if mgmt is not None and mgmt.gateway is not None:
+        probes.append(IcmpProbe(str(mgmt.gateway)))
+    probes.extend(extra)
+    return probes
+
+
+async def recover_host(host: HostRoot) -> list[str] | None:
+    """Finish what a crash interrupted: revert the journalled resources to their snapshots."""
+    journal = journal_for(host)
+    entry = journal.pending()
+    if entry is None:
+        return None
+    spec = validate_spec(entry.spec, prefix="journal.spec")
+    return await recover(journal, resources_for(spec, host))
+
+
+async def plan_host(spec: Spec, host: HostRoot) -> Plan:
+    return await make_plan(resources_for(spec, host))
+
+
+async def converge(
+    spec: Spec, host: HostRoot, options: Options = Options()
+) -> tuple[Plan, Outcome]:
+    """Recover from any interrupted run, plan, then apply the plan as one transaction."""
+    await recover_host(host)
+    plan = await plan_host(spec, host)
+    outcome = await apply_plan(
+        plan,
+        services=services_for(host.is_real),
+        probes=probes_for(spec, options.probes),
+        rollback_window=options.rollback_window,
+        journal=journal_for(host),
+        journal_spec=spec.model_dump(mode="json"),
+        on_event=options.on_event,
+    )
+    return plan, outcome

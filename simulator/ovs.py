@@ -1,0 +1,220 @@
+"""Per-host Open vSwitch daemons: one ovsdb-server and one ovs-vswitchd inside a namespace.
+
+Every file the daemons touch (database, sockets, pidfiles, logs) lives under the host's own
+file root, and the OVS_* directories are pointed there too, so many simulated hosts (and a
+switch) can run side by side on one machine without sharing anything. The database socket
+is exactly ``HostRoot(root).ovsdb_socket``, which is where the OVS resource connects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from bootstrap.host.root import HostRoot
+from simulator.namespaces import Namespace
+
+__all__ = ["SCHEMA", "OvsDaemons", "OvsError"]
+
+SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+_QUIET = ("-vconsole:off", "-vsyslog:off", "-vfile:info")
+
+
+class OvsError(RuntimeError):
+    """The daemons could not be started (the log tail says why)."""
+
+
+@dataclass(slots=True)
+class OvsDaemons:
+    """``with OvsDaemons(root, ns) as ovs:`` runs a host's OVS for the block.
+
+    ``datapath`` only documents what callers will use; the daemons serve both kinds, and a
+    kernel without the openvswitch module simply has no ``system`` datapath.
+    """
+
+    root: Path
+    ns: Namespace
+    timeout: float = 10.0
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def host(self) -> HostRoot:
+        return HostRoot(self.root)
+
+    @property
+    def rundir(self) -> Path:
+        return self.host.path("/var/run/openvswitch")
+
+    @property
+    def logdir(self) -> Path:
+        return self.host.path("/var/log/openvswitch")
+
+    @property
+    def dbdir(self) -> Path:
+        return self.host.path("/etc/openvswitch")
+
+    @property
+    def db_file(self) -> Path:
+        return self.dbdir / "conf.db"
+
+    @property
+    def socket(self) -> Path:
+        return self.host.ovsdb_socket
+
+    @property
+    def remote(self) -> str:
+        return f"unix:{self.socket}"
+
+    def ctl(self, daemon: Literal["ovsdb-server", "ovs-vswitchd"]) -> Path:
+        return self.rundir / f"{daemon}.ctl"
+
+    def log(self, daemon: Literal["ovsdb-server", "ovs-vswitchd"]) -> Path:
+        return self.logdir / f"{daemon}.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that keeps OVS tools on this host's directories."""
+        return {
+            **os.environ,
+            "OVS_RUNDIR": str(self.rundir),
+            "OVS_DBDIR": str(self.dbdir),
+            "OVS_LOGDIR": str(self.logdir),
+            "OVS_SYSCONFDIR": str(self.host.path("/etc")),
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> OvsDaemons:
+        for tool in ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl"):
+            if shutil.which(tool) is None:
+                raise OvsError(f"{tool} is not installed (Debian: openvswitch-switch)")
+        for d in (self.rundir, self.logdir, self.dbdir):
+            d.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self.db_file.exists():
+                self._tool("ovsdb-tool", "create", str(self.db_file), str(SCHEMA))
+            self._spawn(
+                "ovsdb-server",
+                str(self.db_file),
+                f"--remote=punix:{self.socket}",
+                f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
+                f"--unixctl={self.ctl('ovsdb-server')}",
+                f"--log-file={self.log('ovsdb-server')}",
+            )
+            self._wait_for(lambda: self.socket.exists(), "ovsdb-server")
+            self.vsctl("--no-wait", "init")
+            self._spawn(
+                "ovs-vswitchd",
+                self.remote,
+                f"--pidfile={self.rundir / 'ovs-vswitchd.pid'}",
+                f"--unixctl={self.ctl('ovs-vswitchd')}",
+                f"--log-file={self.log('ovs-vswitchd')}",
+            )
+            self._wait_for(lambda: self.ctl("ovs-vswitchd").exists(), "ovs-vswitchd")
+            # Without --no-wait, ovs-vsctl returns only once vswitchd applied the database.
+            self.vsctl(f"--timeout={max(1, int(self.timeout))}", "init")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, *, grace: float = 3.0) -> None:
+        """vswitchd first (it holds the database), then ovsdb-server; SIGKILL after ``grace``."""
+        for name in ("ovs-vswitchd", "ovsdb-server"):
+            proc = self._procs.pop(name, None)
+            if proc is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._procs) and all(p.poll() is None for p in self._procs.values())
+
+    def __enter__(self) -> OvsDaemons:
+        return self.start()
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- tools against this host's database -----------------------------------------------
+
+    def vsctl(self, *args: str, check: bool = True) -> str:
+        """Run ``ovs-vsctl`` on this host's database (in its namespace); stdout."""
+        done = self.ns.run(
+            ["ovs-vsctl", f"--db={self.remote}", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=self.timeout + 5,
+        )
+        if check and done.returncode != 0:
+            raise OvsError(f"ovs-vsctl {' '.join(args)}: {done.stderr.strip()}")
+        out: str = done.stdout
+        return out
+
+    def appctl(self, daemon: Literal["ovsdb-server", "ovs-vswitchd"], *args: str) -> str:
+        done = subprocess.run(
+            ["ovs-appctl", "-t", str(self.ctl(daemon)), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=self.timeout,
+        )
+        out: str = done.stdout
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _tool(self, *argv: str) -> None:
+        done = subprocess.run(argv, capture_output=True, text=True, env=self.env, check=False)
+        if done.returncode != 0:
+            raise OvsError(f"{' '.join(argv)}: {done.stderr.strip()}")
+
+    def _spawn(self, name: str, *args: str) -> None:
+        kwargs: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.DEVNULL,
+            "env": self.env,
+            "cwd": str(self.rundir),
+        }
+        self._procs[name] = self.ns.popen([name, *_QUIET, *args], **kwargs)
+
+    def _wait_for(self, ready: Callable[[], bool], name: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        proc = self._procs[name]
+        while not ready():
+            if proc.poll() is not None:
+                raise OvsError(f"{name} exited ({proc.returncode}): {self._tail(name)}")
+            if time.monotonic() > deadline:
+                raise OvsError(f"{name} not ready after {self.timeout:g}s: {self._tail(name)}")
+            time.sleep(0.02)
+
+    def _tail(self, name: str) -> str:
+        path = self.logdir / f"{name}.log"
+        try:
+            return " | ".join(path.read_text(errors="replace").splitlines()[-5:])
+        except OSError:
+            return "(no log)"
