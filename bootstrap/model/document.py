@@ -75,9 +75,17 @@ def _message(error: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def invalid_from(exc: ValidationError, prefix: str = "") -> InvalidDocument:
-    """The first pydantic error as an :class:`InvalidDocument` naming a dotted field path."""
-    first = exc.errors()[0]
+def invalid_from(
+    exc: ValidationError, prefix: str = "", *, partial: bool = False
+) -> InvalidDocument | None:
+    """The first pydantic error as an :class:`InvalidDocument` naming a dotted field path.
+
+    With ``partial``, missing required fields are not errors (None if nothing else is).
+    """
+    errors = [e for e in exc.errors() if not (partial and e["type"] == "missing")]
+    if not errors:
+        return None
+    first = errors[0]
     field = _location(first["loc"], first)
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
@@ -106,18 +114,36 @@ def parse_document(raw: bytes | str | Mapping[str, Any]) -> Document:
     try:
         doc = Document.model_validate(data)
     except ValidationError as exc:
-        raise invalid_from(exc) from exc
+        error = invalid_from(exc)
+        assert error is not None
+        raise error from exc
     if doc.kind == "Role" and not ROLE_NAME.match(doc.name):
         raise InvalidDocument(f"{doc.name!r} is not a valid role name", field="name")
-    validate_spec(doc.spec, prefix="spec")
+    check_partial_spec(doc.spec, prefix="spec")
     return doc
+
+
+def check_partial_spec(raw: Mapping[str, Any], *, prefix: str = "spec") -> None:
+    """Validate one document's spec on its own: everything but fields another may supply.
+
+    A role may leave the management address to each host's overlay, and an overlay may
+    carry nothing but that address; the merged spec is then validated whole.
+    """
+    try:
+        Spec.model_validate(raw)
+    except ValidationError as exc:
+        error = invalid_from(exc, prefix, partial=True)
+        if error is not None:
+            raise error from exc
 
 
 def validate_spec(raw: Mapping[str, Any], *, prefix: str = "spec") -> Spec:
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_from(exc, prefix) from exc
+        error = invalid_from(exc, prefix)
+        assert error is not None  # a ValidationError always carries an error
+        raise error from exc
 
 
 def effective_spec(documents: Sequence[Document]) -> Spec:

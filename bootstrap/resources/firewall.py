@@ -1,0 +1,98 @@
+"""The host firewall: our own nftables table ``inet cloudstack_bootstrap``, nothing else.
+
+Through libnftables' JSON API only. We list only our table and replace it in one atomic
+batch, never flush the ruleset nor edit another tool's tables. libnftables works in the
+network namespace of the *calling thread* (its netlink socket is opened there), so every
+call runs inline in the caller's thread: never hand it to an executor thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from bootstrap.engine.resource import Change, Resource
+from bootstrap.errors import ResourceError
+from bootstrap.model.spec import Firewall
+from bootstrap.resources.nft_rules import (
+    FAMILY,
+    TABLE,
+    FirewallState,
+    describe,
+    desired_state,
+    parse_listing,
+    replace_batch,
+    summary,
+)
+
+__all__ = ["FirewallResource", "FirewallState"]
+
+NAME = f"nft/{FAMILY} {TABLE}"
+
+
+def _run(batch: dict[str, Any]) -> dict[str, Any]:
+    """One libnftables call in this thread's namespace; errors carry nft's own words."""
+    try:
+        import nftables
+    except ImportError as exc:
+        raise ResourceError("libnftables' python binding is missing", resource=NAME) from exc
+    nft = nftables.Nftables()  # fresh context: its netlink socket is made in *this* netns
+    nft.set_json_output(True)
+    rc, output, error = nft.json_cmd(batch)
+    if rc != 0:
+        raise ResourceError(f"nft: {str(error).strip()}", resource=NAME)
+    return output if isinstance(output, dict) else {}
+
+
+def read_table() -> FirewallState | None:
+    """Our table as it is now; None when there is none."""
+    table = {"family": FAMILY, "name": TABLE}
+    try:
+        listing = _run({"nftables": [{"list": {"table": table}}]})
+    except ResourceError:
+        # listing a missing table is an error; tell "absent" from a real failure
+        tables = _run({"nftables": [{"list": {"tables": {"family": FAMILY}}}]})
+        if any(o.get("table", {}).get("name") == TABLE for o in tables.get("nftables", [])):
+            raise
+        return None
+    return parse_listing(listing)
+
+
+def write_table(state: FirewallState | None) -> None:
+    """Replace our table with ``state`` (None: remove it) in one atomic transaction."""
+    _run(replace_batch(state))
+
+
+class FirewallResource(Resource[FirewallState | None]):
+    """The seed's port list as an nftables input chain; ``None`` spec = leave it alone."""
+
+    state_type: ClassVar[Any] = FirewallState | None
+
+    def __init__(self, firewall: Firewall | None) -> None:
+        self._firewall = firewall
+
+    @property
+    def name(self) -> str:
+        return NAME
+
+    async def observe(self) -> FirewallState | None:
+        return read_table()
+
+    def target(self, current: FirewallState | None) -> FirewallState | None:
+        if self._firewall is None:  # no firewall section: unmanaged, keep what is there
+            return current
+        return desired_state(self._firewall)
+
+    def diff(self, current: FirewallState | None, target: FirewallState | None) -> list[Change]:
+        if current == target:
+            return []
+        if target is None:
+            return [Change(NAME, "delete", "our table only; other tables stay")]
+        if current is None:
+            return [Change(NAME, "create", summary(target))]
+        lines = describe(current, target) or ["objects of our table in another order"]
+        return [Change(NAME, "modify", line) for line in lines]
+
+    async def apply(self, current: FirewallState | None, target: FirewallState | None) -> None:
+        if current == target:
+            return
+        write_table(target)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need, and nothing that is already there:
+# Debian packages (apt-get), a .venv with the project, and the nftables binding in it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(
+  mosquitto mosquitto-clients          # the embedded broker and a client we did not write
+  openvswitch-switch openvswitch-common # ovsdb-server / ovs-vswitchd (userspace datapath here)
+  nftables python3-nftables            # libnftables and its JSON API binding
+  qemu-system-x86                      # live-migration guests and the full-kernel VM
+  iproute2 iputils-ping procps         # namespaces for tests; ping for humans
+  python3-venv
+)
+# The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p).
+if [ "$(uname -m)" = x86_64 ]; then DEB_PACKAGES+=(linux-image-amd64); fi
+
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+  [[ "$pkg" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing the project into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test,lint,sim,fullkernel]' tox
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+# libnftables' Python binding is Debian's, not PyPI's: link it into the venv.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -e "$site/nftables" ] || ln -s /usr/lib/python3/dist-packages/nftables "$site/nftables"
+.venv/bin/python -c 'import nftables' 2>/dev/null || { echo "setup: nftables binding unusable" >&2; exit 2; }
