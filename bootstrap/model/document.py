@@ -26,6 +26,27 @@ class Signature(BaseModel):
     ed25519: str = Field(min_length=1, max_length=256)
 
 
+class RolloutSelector(BaseModel):
+    """Set by ``csboot rollout``: only the listed hosts take this version (the current waves).
+
+    Hosts not listed keep the version they run; a later publication of the same version
+    with more hosts extends the rollout wave by wave.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    hosts: tuple[str, ...] = ()
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            if not HOST_NAME.match(host):
+                raise ValueError(f"{host!r} is not a valid host name")
+        return hosts
+
+
 class Document(BaseModel):
     """One desired document: a role's spec, or a host's overlay.
 
@@ -40,6 +61,7 @@ class Document(BaseModel):
     name: str
     version: int = Field(ge=1)
     spec: dict[str, Any] = Field(default_factory=dict)
+    rollout: RolloutSelector | None = None
     signature: Signature | None = None
 
     @field_validator("name")
@@ -51,6 +73,10 @@ class Document(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def applies_to(self, host: str) -> bool:
+        """False while a rollout has not reached ``host`` yet."""
+        return self.rollout is None or host in self.rollout.hosts
 
     def topic_key(self) -> str:
         """Identifies the topic this document lives on, for replay protection."""
