@@ -135,13 +135,13 @@ def base_rules(policy: Policy, sources: Sequence[str]) -> tuple[str, ...]:
     dport = _match({"payload": {"protocol": "tcp", "field": "dport"}}, f"@{PORTS_SET}")
     families = sorted({ipaddress.ip_network(s).version for s in sources})
     if not families:
-        rules.append(_rule("the seed's ports", dport, accept))
+        rules.append(_rule("allowed TCP ports", dport, accept))
     for version in families:
         proto = "ip" if version == 4 else "ip6"
         saddr = _match(
             {"payload": {"protocol": proto, "field": "saddr"}}, f"@{SOURCES_SETS[version]}"
         )
-        rules.append(_rule(f"the seed's ports, from sources (IPv{version})", saddr, dport, accept))
+        rules.append(_rule(f"allowed TCP ports, from sources (IPv{version})", saddr, dport, accept))
     return tuple(rules)
 
 
@@ -191,7 +191,11 @@ def replace_batch(state: FirewallState | None) -> Json:
     cmds.append({"add": {"table": {**TABLE_REF, "comment": COMMENT}}})
     if state.policy is not None:
         chain: Json = {"family": FAMILY, "table": TABLE, "name": CHAIN, "type": "filter"}
-        chain |= {"hook": "input", "prio": state.priority or 0, "policy": state.policy}
+        chain |= {
+            "hook": "input",
+            "prio": PRIORITY if state.priority is None else state.priority,
+            "policy": state.policy,
+        }
         cmds.append({"add": {"chain": chain}})
     elif state.rules:  # a snapshot whose base chain had lost its hook: keep its rules
         cmds.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": CHAIN}}})
@@ -254,6 +258,7 @@ def parse_listing(listing: Mapping[str, Any]) -> FirewallState | None:
             rules.append(canonical({k: v for k, v in own.items() if k != "chain"}))
         else:
             extras.append(canonical({kind: own}))
+    extras.sort(key=lambda e: e.startswith('{"rule"'))  # what rules refer to comes first
     return FirewallState(
         policy=policy,
         allow_tcp=merge_spans(spans),
