@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap import __version__
+from bootstrap.agent.cli import register as register_agent
 from bootstrap.converge import Options, converge, plan_host, recover_host
 from bootstrap.engine.probe import Probe, probe_for
+from bootstrap.engine.resource import Change
 from bootstrap.errors import BootstrapError, InvalidDocument
+from bootstrap.fleet.cli import register as register_fleet
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import Document, effective_spec, parse_document
 from bootstrap.model.spec import Spec
@@ -58,6 +61,15 @@ def load_spec(paths: Sequence[str]) -> tuple[list[Document], Spec]:
     return docs, effective_spec(docs)
 
 
+def render_change(change: Change) -> str:
+    """One line per change, each of its details indented below it."""
+    sign = {"create": "+", "delete": "-", "modify": "~", "restart": "↻"}[change.action]
+    parts = [p for p in change.detail.split("; ") if p]
+    if len(parts) <= 1:
+        return f"  {change}"
+    return "\n".join([f"  {sign} {change.resource}:", *(f"      {p}" for p in parts)])
+
+
 def describe_docs(docs: Sequence[Document]) -> str:
     return ", ".join(f"{d.kind.lower()} {d.name} v{d.version}" for d in docs)
 
@@ -83,7 +95,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(f"plan for {describe_docs(docs)} (root {args.root}):")
         for change in plan.changes:
-            print(f"  {change}")
+            print(render_change(change))
         for service in restarts:
             print(f"  ↻ service/{service}: restart (reads a changed file)")
         print(f"{len(plan.changes)} change(s) pending." if plan else "nothing to change.")
@@ -121,7 +133,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         )
     else:
         for change in outcome.changes:
-            print(f"  {change}")
+            print(render_change(change))
         for check in outcome.checks:
             print(f"  {'ok ' if check.ok else 'BAD'} {check.name}: {check.detail}")
         if outcome.error:
@@ -232,6 +244,8 @@ def register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     register_core,
+    register_agent,
+    register_fleet,
 ]
 
 

@@ -129,11 +129,13 @@ def describe(old: str, new: str, keys: Iterable[str] | None = None) -> str:
 
 
 def shell_words(token: str) -> list[str]:
-    """The words of a shell value token (``"-d -l"`` -> ``["-d", "-l"]``)."""
+    """The words a value token expands to (``"-d -l"`` -> ``["-d", "-l"]``): the shell
+    removes the quotes, then the unquoted ``$VAR`` splits on blanks (as systemd does)."""
     try:
-        return shlex.split(token)
+        text = " ".join(shlex.split(token))
     except ValueError:
-        return token.strip("\"'").split()
+        text = token.strip("\"'")
+    return text.split()
 
 
 def shell_quote(words: Iterable[str]) -> str:
@@ -146,7 +148,7 @@ def shell_quote(words: Iterable[str]) -> str:
 
 def flag_rule(
     flag: str, *, aliases: frozenset[str], present: bool, default: tuple[str, ...] = ()
-) -> Rule:
+) -> Callable[[str | None], str | None]:
     """A rule that adds ``flag`` to (or removes it and its aliases from) a shell args value.
 
     Other flags stay as they are; a value that already agrees is left byte for byte. An

@@ -14,9 +14,10 @@ import os
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+
 from pydantic import Base64Bytes
 
-from bootstrap.engine.resource import Change, Resource
+from bootstrap.engine.resource import Action, Change, Resource
 from bootstrap.files import atomic_write, read_bytes
 from bootstrap.host.root import HostRoot
 
@@ -71,6 +72,7 @@ class FileResource(Resource[FileState]):
     def diff(self, current: FileState, target: FileState) -> list[Change]:
         if current.data == target.data:
             return []
+        action: Action
         if target.data is None:
             action = "delete"
         elif current.data is None:
@@ -92,8 +94,9 @@ class FileResource(Resource[FileState]):
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             return
-        if on_disk is not None:
-            atomic_write(backup_path(self.path), on_disk)
+        if on_disk is not None:  # the backup is as private as the file it keeps
+            mode = self.path.stat().st_mode & 0o7777
+            atomic_write(backup_path(self.path), on_disk, mode=mode)
         atomic_write(self.path, target.data)
 
 
@@ -153,7 +156,7 @@ class Symlink(Resource[LinkState]):
 
     async def observe(self) -> LinkState:
         if self.path.is_symlink():
-            return LinkState(os.readlink(self.path))
+            return LinkState(str(self.path.readlink()))
         return LinkState(None, blocked=self.path.exists())
 
     def target(self, current: LinkState) -> LinkState:
@@ -186,10 +189,9 @@ class Symlink(Resource[LinkState]):
                 tmp = self.path.with_name(f".{self.path.name}.csboot-tmp")
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-                os.symlink(target.points_to, tmp)
+                tmp.symlink_to(target.points_to)
                 os.replace(tmp, self.path)
         await self.after_apply(target)
 
     async def after_apply(self, target: LinkState) -> None:
         """Hook for effects on the running system (only ever on the real root)."""
-        return None
