@@ -14,8 +14,8 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -37,8 +37,8 @@ class OvsError(RuntimeError):
 class OvsDaemons:
     """``with OvsDaemons(root, ns) as ovs:`` runs a host's OVS for the block.
 
-    ``datapath`` only documents what callers will use; the daemons serve both kinds, and a
-    kernel without the openvswitch module simply has no ``system`` datapath.
+    The daemons serve both datapaths; bridges choose theirs (``datapath_type``). A kernel
+    without the openvswitch module has only ``netdev`` (userspace, taps for internal ports).
     """
 
     root: Path
@@ -110,7 +110,7 @@ class OvsDaemons:
                 f"--unixctl={self.ctl('ovsdb-server')}",
                 f"--log-file={self.log('ovsdb-server')}",
             )
-            self._wait_for(lambda: self.socket.exists(), "ovsdb-server")
+            self._wait_for(self.socket.exists, "ovsdb-server")
             self.vsctl("--no-wait", "init")
             self._spawn(
                 "ovs-vswitchd",

@@ -1,0 +1,336 @@
+"""The Open vSwitch backend of ``spec.network``: the seed's trunk and fake bridges.
+
+The seed builds, with ovs-vsctl::
+
+    add-br cloudbr; add-port cloudbr eth0; set port eth0 trunks=100,200,300
+    add-br mgmt0 cloudbr 100; add-br cloudbr0 cloudbr 200; add-br cloudbr1 cloudbr 300
+
+We write the same rows straight into OVSDB, in ONE transaction per apply: a Bridge with
+its local internal port, the uplink Port trunking every VLAN of the spec, and per VLAN a
+*fake bridge*, which in OVSDB is a Port on the parent with ``tag`` = VLAN and
+``fake_bridge`` = true whose Interface (same name) is ``type=internal``. Everything we
+create carries ``external_ids:cloudstack-bootstrap=managed``; rows without it are never
+modified or removed, and a name we need that is held by such a row is a conflict the plan
+shows and the apply refuses. Existing rows are edited in place, so a re-apply never
+recreates an internal port (no link flap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pyroute2 import AsyncIPRoute
+
+from bootstrap.engine.resource import Change, Resource
+from bootstrap.errors import ResourceError
+from bootstrap.host.root import HostRoot
+from bootstrap.model.spec import Network
+from bootstrap.resources.address import ManagementAddress
+from bootstrap.resources.openvswitch_state import (
+    FakeBridge,
+    OvsBridge,
+    OvsState,
+    Uplink,
+    conflicts,
+    desired_bridge,
+    diff_states,
+)
+from bootstrap.resources.ovsdb import OvsdbClient, OvsdbError, Row, Txn, connect
+
+__all__ = ["MARK", "OpenVSwitch", "openvswitch_resources"]
+
+MARK = {"cloudstack-bootstrap": "managed"}
+IFF_UP = 0x1
+
+
+# -- OVSDB shell (blocking; runs in a worker thread) ---------------------------------------
+
+
+def _ours(row: Row) -> bool:
+    ext: dict[str, str] = row.external_ids
+    return all(ext.get(k) == v for k, v in MARK.items())
+
+
+def _opt(value: list[int]) -> int | None:
+    return int(value[0]) if value else None
+
+
+def _read(client: OvsdbClient, wanted: set[str]) -> OvsState:
+    bridges: list[OvsBridge] = []
+    foreign = {r.name for t in ("Bridge", "Port") for r in client.rows(t) if not _ours(r)}
+    for row in client.rows("Bridge"):
+        if not _ours(row):
+            continue
+        mtu: int | None = None
+        uplink: Uplink | None = None
+        fakes: list[FakeBridge] = []
+        for port in sorted(row.ports, key=lambda p: p.name):
+            if not _ours(port) or not port.interfaces:
+                continue
+            iface_mtu = _opt(port.interfaces[0].mtu_request)
+            if port.name == row.name:
+                mtu = iface_mtu
+            elif port.fake_bridge:
+                fakes.append(FakeBridge(port.name, _opt(port.tag) or 0, iface_mtu, up=False))
+            elif uplink is None:
+                uplink = Uplink(port.name, tuple(sorted(port.trunks)), iface_mtu)
+        bridges.append(
+            OvsBridge(row.name, row.datapath_type or "system", mtu, False, uplink, tuple(fakes))
+        )
+    return OvsState(tuple(sorted(bridges, key=lambda b: b.name)), tuple(sorted(foreign & wanted)))
+
+
+@dataclass(frozen=True, slots=True)
+class _PortSpec:
+    name: str
+    iface_type: str
+    mtu: int | None
+    tag: int | None = None
+    trunks: tuple[int, ...] = ()
+    fake: bool = False
+
+
+def _port_specs(b: OvsBridge) -> list[_PortSpec]:
+    specs = [_PortSpec(b.name, "internal", b.mtu)]
+    if b.uplink is not None:
+        specs.append(_PortSpec(b.uplink.name, "", b.uplink.mtu, trunks=b.uplink.trunks))
+    specs += [_PortSpec(f.name, "internal", f.mtu, tag=f.vlan, fake=True) for f in b.fake_bridges]
+    return specs
+
+
+def _set(row: Row, column: str, value: object) -> bool:
+    """Write only what differs: unchanged columns stay out of the transaction."""
+    try:
+        if getattr(row, column) == value:
+            return False
+    except AttributeError:  # a row inserted in this transaction, column not yet written
+        pass
+    setattr(row, column, value)
+    return True
+
+
+def _sync_port(txn: Txn, bridge: Row, port: Row | None, spec: _PortSpec) -> bool:
+    tables = txn.idl.tables
+    changed = False
+    if port is None:
+        iface = txn.insert(tables["Interface"])
+        iface.name = spec.name
+        iface.external_ids = dict(MARK)
+        port = txn.insert(tables["Port"])
+        port.name = spec.name
+        port.interfaces = [iface]
+        port.external_ids = dict(MARK)
+        bridge.addvalue("ports", port)
+        changed = True
+    elif not _ours(port):
+        raise OvsdbError(f"port {spec.name} was not created by cloudstack-bootstrap")
+    changed |= _set(port, "tag", [spec.tag] if spec.tag is not None else [])
+    changed |= _set(port, "trunks", sorted(spec.trunks))
+    changed |= _set(port, "fake_bridge", spec.fake)
+    for iface in port.interfaces:
+        changed |= _set(iface, "type", spec.iface_type)
+        changed |= _set(iface, "mtu_request", [spec.mtu] if spec.mtu else [])
+    return changed
+
+
+def _delete_port(bridge: Row, port: Row) -> None:
+    bridge.delvalue("ports", port)
+    for iface in port.interfaces:
+        iface.delete()
+    port.delete()
+
+
+def _write(client: OvsdbClient, target: OvsState) -> bool:
+    """One transaction: our rows become exactly ``target``; foreign rows are not touched."""
+
+    def build(txn: Txn) -> bool:
+        root = client.root()
+        changed = False
+        existing = {r.name: r for r in client.rows("Bridge")}
+        wanted = {b.name: b for b in target.bridges}
+        for name, row in existing.items():
+            if _ours(row) and name not in wanted:
+                # A bridge still holding ports we did not create (a VM's vif) keeps its
+                # local port; verify then reports the bridge as still there.
+                keep_local = any(not _ours(p) for p in row.ports)
+                for port in row.ports:
+                    if _ours(port) and not (keep_local and port.name == name):
+                        _delete_port(row, port)
+                if not keep_local:
+                    root.delvalue("bridges", row)
+                    row.delete()
+                changed = True
+        for b in target.bridges:
+            row = existing.get(b.name)
+            ports: dict[str, Row] = {}
+            if row is None:
+                row = txn.insert(txn.idl.tables["Bridge"])
+                row.name = b.name
+                row.external_ids = dict(MARK)
+                root.addvalue("bridges", row)
+                changed = True
+            elif not _ours(row):
+                raise OvsdbError(f"bridge {b.name} was not created by cloudstack-bootstrap")
+            else:
+                ports = {p.name: p for p in row.ports}
+            changed |= _set(row, "datapath_type", b.datapath)
+            specs = _port_specs(b)
+            for spec in specs:
+                changed |= _sync_port(txn, row, ports.get(spec.name), spec)
+            for pname, port in ports.items():
+                if _ours(port) and pname not in {s.name for s in specs}:
+                    _delete_port(row, port)
+                    changed = True
+        return changed
+
+    return client.transact(build)
+
+
+def _errors(client: OvsdbClient, target: OvsState, settle: float = 2.0) -> list[str]:
+    """What ovs-vswitchd made of our rows: bridges it could not open and ports it did not
+    attach (no ofport) or attached with an error. Empty when all is well."""
+    names = {n for b in target.bridges for n in b.names()}
+
+    def interfaces() -> dict[str, Row]:
+        return {i.name: i for i in client.rows("Interface") if i.name in names and _ours(i)}
+
+    def attached(iface: Row) -> bool:
+        return bool(iface.ofport) and iface.ofport[0] >= 0
+
+    # ofport is written with cur_cfg, but give a slow vswitchd a moment before judging.
+    client.wait_until(lambda: all(attached(i) or i.error for i in interfaces().values()), settle)
+    found = interfaces()
+    errors: list[str] = []
+    for b in target.bridges:
+        local = found.get(b.name)
+        if local is None or not attached(local):
+            errors.append(
+                f"bridge {b.name}: ovs-vswitchd could not open it on datapath {b.datapath}"
+                + (" (is the openvswitch kernel module loaded?)" if b.datapath == "system" else "")
+            )
+            continue
+        for name in sorted(b.names() - {b.name}):
+            iface = found.get(name)
+            if iface is not None and iface.error:
+                errors.append(f"{name}: {iface.error[0]}")
+            elif iface is None or not attached(iface):
+                errors.append(f"{name}: not attached by ovs-vswitchd")
+    return errors
+
+
+# -- the resource ---------------------------------------------------------------------------
+
+
+class OpenVSwitch(Resource[OvsState]):
+    """Our OVS bridges. ``want=None`` removes every bridge and port we created."""
+
+    state_type: ClassVar[Any] = OvsState
+
+    def __init__(self, host: HostRoot, want: OvsBridge | None, *, timeout: float = 10.0) -> None:
+        self.host = host
+        self.want = want
+        self.timeout = timeout
+
+    @property
+    def name(self) -> str:
+        return "openvswitch"
+
+    def _wanted(self) -> set[str]:
+        return self.want.names() if self.want else set()
+
+    async def observe(self) -> OvsState:
+        state = await asyncio.to_thread(self._observe_db)
+        flags = await _link_flags({n for b in state.bridges for n in b.internal()})
+        return dataclasses.replace(
+            state,
+            bridges=tuple(
+                dataclasses.replace(
+                    b,
+                    up=flags.get(b.name, False),
+                    fake_bridges=tuple(
+                        dataclasses.replace(f, up=flags.get(f.name, False)) for f in b.fake_bridges
+                    ),
+                )
+                for b in state.bridges
+            ),
+        )
+
+    def target(self, current: OvsState) -> OvsState:
+        return OvsState((self.want,) if self.want else (), current.foreign)
+
+    def diff(self, current: OvsState, target: OvsState) -> list[Change]:
+        return diff_states(current, target)
+
+    async def apply(self, current: OvsState, target: OvsState) -> None:
+        if clash := conflicts(current, target):
+            raise ResourceError(
+                f"not created by cloudstack-bootstrap, left alone: {', '.join(clash)}",
+                resource=self.name,
+            )
+        errors = await asyncio.to_thread(self._apply_db, target)
+        if errors:
+            raise ResourceError("ovs-vswitchd: " + "; ".join(errors), resource=self.name)
+        wanted = {n: up for b in target.bridges for n, up in b.internal().items()}
+        await _set_links(wanted, self.timeout, self.name)
+
+    def _observe_db(self) -> OvsState:
+        try:
+            with connect(self.host.ovsdb_socket, timeout=self.timeout) as client:
+                return _read(client, self._wanted())
+        except OvsdbError as exc:
+            raise ResourceError(str(exc), resource=self.name) from exc
+
+    def _apply_db(self, target: OvsState) -> list[str]:
+        try:
+            with connect(self.host.ovsdb_socket, timeout=self.timeout) as client:
+                _write(client, target)
+                return _errors(client, target)
+        except OvsdbError as exc:
+            raise ResourceError(str(exc), resource=self.name) from exc
+
+
+# -- netlink: the internal ports as kernel devices -------------------------------------------
+
+
+async def _link_flags(names: set[str]) -> dict[str, bool]:
+    if not names:
+        return {}
+    async with AsyncIPRoute() as ipr:
+        return {
+            link.get("ifname"): bool(link["flags"] & IFF_UP)
+            async for link in await ipr.link("dump")
+            if link.get("ifname") in names
+        }
+
+
+async def _set_links(wanted: dict[str, bool], timeout: float, resource: str) -> None:
+    """Internal ports appear once vswitchd reconfigured; wait for each, then set its state."""
+    if not wanted:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with AsyncIPRoute() as ipr:
+        for name, up in sorted(wanted.items()):
+            while not (found := await ipr.link_lookup(ifname=name)):
+                if loop.time() > deadline:
+                    raise ResourceError(
+                        f"internal port {name} has no kernel device", resource=resource
+                    )
+                await asyncio.sleep(0.05)
+            (link,) = await ipr.link("get", index=found[0])
+            if bool(link["flags"] & IFF_UP) != up:
+                await ipr.link("set", index=found[0], state="up" if up else "down")
+
+
+def openvswitch_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
+    """The OVS layout, then the management address on the management fake bridge."""
+    out: list[Resource[Any]] = [OpenVSwitch(host, desired_bridge(network))]
+    if network.management is not None:
+        mgmt = network.management
+        out.append(
+            ManagementAddress(network.openvswitch.management_bridge, mgmt.address, mgmt.gateway)
+        )
+    return out

@@ -1,0 +1,178 @@
+"""A small, blocking OVSDB client over the ``ovs`` library's IDL, with deadlines everywhere.
+
+The ``ovs`` library is synchronous (poll loops); callers run it in a worker thread. Unlike
+``Transaction.commit_block`` every wait here has a deadline, so a dead ovsdb-server or
+ovs-vswitchd becomes an ``OvsdbError`` instead of a hung agent. The schema is fetched from
+the server itself, so the client always matches the host's OVS version.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ovs.db.idl
+import ovs.jsonrpc
+import ovs.poller
+import ovs.stream
+
+__all__ = ["DB", "OvsdbClient", "OvsdbError", "Row", "Txn", "connect"]
+
+DB = "Open_vSwitch"
+TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface")
+
+Row = Any
+"""An ``ovs.db.idl.Row``: columns are attributes (untyped in the ``ovs`` library)."""
+Txn = Any
+"""An ``ovs.db.idl.Transaction``."""
+T = TypeVar("T")
+
+
+class OvsdbError(RuntimeError):
+    """OVSDB could not be reached, a transaction failed, or vswitchd did not catch up."""
+
+
+def _schema(remote: str, timeout: float) -> dict[str, Any]:
+    err, stream = ovs.stream.Stream.open_block(
+        ovs.stream.Stream.open(remote), timeout=int(timeout * 1000)
+    )
+    if err or stream is None:
+        raise OvsdbError(f"cannot connect to {remote}: {os.strerror(err) if err else 'no stream'}")
+    rpc = ovs.jsonrpc.Connection(stream)
+    try:
+        request = ovs.jsonrpc.Message.create_request("get_schema", [DB])
+        err, reply = rpc.transact_block(request)
+        if err or reply is None or reply.error:
+            raise OvsdbError(f"get_schema from {remote} failed: {err or reply.error}")
+        schema: dict[str, Any] = reply.result
+        return schema
+    finally:
+        rpc.close()
+
+
+class OvsdbClient:
+    """One IDL connection to the Open_vSwitch database, synced before use."""
+
+    def __init__(self, socket: Path, *, timeout: float = 10.0) -> None:
+        self.remote = f"unix:{socket}"
+        self.timeout = timeout
+        if not socket.exists():
+            raise OvsdbError(f"no OVSDB socket at {socket} (is ovsdb-server running?)")
+        helper = ovs.db.idl.SchemaHelper(schema_json=_schema(self.remote, timeout))
+        for table in TABLES:
+            helper.register_table(table)
+        self.idl = ovs.db.idl.Idl(self.remote, helper)
+        self._run_until(self.idl.has_ever_connected, "initial sync")
+
+    def close(self) -> None:
+        self.idl.close()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def rows(self, table: str) -> list[Row]:
+        return list(self.idl.tables[table].rows.values())
+
+    def root(self) -> Row:
+        rows = self.rows("Open_vSwitch")
+        if len(rows) != 1:
+            raise OvsdbError(f"expected one Open_vSwitch row, found {len(rows)} (ovs-vsctl init?)")
+        return rows[0]
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Keep reading updates until ``ready()`` or ``timeout``; whether it became ready."""
+        try:
+            self._run_until(ready, "a condition", timeout)
+        except OvsdbError:
+            return False
+        return True
+
+    def refresh(self) -> None:
+        """Take in whatever the server sent since the last look."""
+        self.idl.run()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def transact(
+        self,
+        build: Callable[[Txn], T],
+        *,
+        changed: Callable[[T], bool] = bool,
+        wait_vswitchd: bool = True,
+        attempts: int = 5,
+    ) -> T:
+        """Build and commit one transaction; rebuild on TRY_AGAIN (a concurrent writer).
+
+        ``build`` edits rows through the transaction and returns a result; when
+        ``changed(result)`` is false nothing is committed. With ``wait_vswitchd`` the
+        transaction bumps ``next_cfg`` and returns only once ovs-vswitchd applied it,
+        so kernel devices for new internal ports exist when this returns.
+        """
+        for _ in range(attempts):
+            self.refresh()
+            txn = ovs.db.idl.Transaction(self.idl)
+            txn.add_comment("cloudstack-bootstrap")
+            result = build(txn)
+            if not changed(result):
+                txn.abort()
+                return result
+            if wait_vswitchd:
+                self.root().increment("next_cfg")
+            status = self._commit(txn)
+            if status == ovs.db.idl.Transaction.TRY_AGAIN:
+                continue
+            if status not in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
+                raise OvsdbError(f"transaction {status}: {txn.get_error()}")
+            if wait_vswitchd and status == ovs.db.idl.Transaction.SUCCESS:
+                self._wait_cfg(int(txn.get_increment_new_value()))
+            return result
+        raise OvsdbError(f"transaction kept conflicting after {attempts} attempts")
+
+    def _wait_cfg(self, want: int) -> None:
+        """ovs-vswitchd copies next_cfg to cur_cfg once it has reconfigured."""
+        self._run_until(lambda: self.root().cur_cfg >= want, "ovs-vswitchd to apply the change")
+
+    def _commit(self, txn: Txn) -> str:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            status: str = txn.commit()
+            if status != ovs.db.idl.Transaction.INCOMPLETE:
+                return status
+            if time.monotonic() > deadline:
+                txn.abort()
+                raise OvsdbError(f"commit to {self.remote} timed out after {self.timeout:g}s")
+            self.idl.run()
+            poller = ovs.poller.Poller()
+            self.idl.wait(poller)
+            txn.wait(poller)
+            poller.timer_wait(100)
+            poller.block()
+
+    def _run_until(
+        self, ready: Callable[[], bool], what: str, timeout: float | None = None
+    ) -> None:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            self.idl.run()
+            if ready():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OvsdbError(f"timed out after {timeout:g}s waiting for {what}")
+            poller = ovs.poller.Poller()
+            self.idl.wait(poller)
+            poller.timer_wait(int(min(left, 0.1) * 1000))
+            poller.block()
+
+
+@contextmanager
+def connect(socket: Path, *, timeout: float = 10.0) -> Iterator[OvsdbClient]:
+    client = OvsdbClient(socket, timeout=timeout)
+    try:
+        yield client
+    finally:
+        client.close()
