@@ -1,0 +1,203 @@
+"""The agent's MQTT session: our own reconnect loop around aiomqtt.
+
+Why our own loop: we need to re-create the client for every attempt (the will carries the
+versions in force), try several brokers in turn, fall back from MQTT 5 to 3.1.1 when a
+broker refuses the protocol, and resubscribe after every reconnect. The session is
+persistent (fixed client id = host, clean start off), so QoS 1 messages published while
+we were away are delivered; retained documents come again on every subscribe and the
+daemon ignores what it has already seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bootstrap.agent.config import AgentConfig, Broker
+from bootstrap.agent.topics import Topics
+from bootstrap.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+ConnectHandler = Callable[[], Awaitable[None]]
+WillFactory = Callable[[], bytes]
+
+UNSUPPORTED_PROTOCOL = (1, 132)  # MQTT 3.1.1 CONNACK rc / MQTT 5 reason code
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential delays with full jitter in [d/2, d]: a fleet does not reconnect in step."""
+
+    initial: float
+    maximum: float
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.maximum, self.initial * (2 ** min(attempt, 30)))
+        return random.uniform(base / 2, base)
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext:
+    tls = config.tls
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+        if tls.cert is not None and tls.key is not None:
+            ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls: cannot load certificates: {exc}") from exc
+    return ctx
+
+
+def is_protocol_refusal(exc: BaseException) -> bool:
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    rc = exc.rc
+    return getattr(rc, "value", rc) in UNSUPPORTED_PROTOCOL
+
+
+class Session:
+    """Keeps one connection alive across broker restarts and failovers."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        topics: Topics,
+        *,
+        will: WillFactory,
+        on_message: MessageHandler,
+        on_connect: ConnectHandler,
+    ) -> None:
+        self.config = config
+        self.topics = topics
+        self._will = will
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._tls = tls_context(config) if any(b.tls for b in config.brokers) else None
+        self._backoff = Backoff(config.reconnect.initial, config.reconnect.max)
+        self._protocol: dict[Broker, aiomqtt.ProtocolVersion] = {}
+        self._client: aiomqtt.Client | None = None
+        self.broker: Broker | None = None
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._renew = asyncio.Event()
+
+    def _client_for(self, broker: Broker, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+        auth = self.config.auth
+        will = aiomqtt.Will(self.topics.status, self._will(), qos=1, retain=True)
+        v5 = protocol == aiomqtt.ProtocolVersion.V5
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.config.session_expiry
+        return aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=self.config.host,
+            protocol=protocol,
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+            will=will,
+            username=auth.username if auth else None,
+            password=auth.password() if auth else None,
+            tls_context=self._tls if broker.tls else None,
+            keepalive=self.config.keepalive,
+            timeout=10,
+        )
+
+    async def _connect(self, stack: contextlib.AsyncExitStack, broker: Broker) -> aiomqtt.Client:
+        """MQTT 5 first; 3.1.1 when the broker refuses the protocol version (remembered)."""
+        protocol = self._protocol.get(broker, aiomqtt.ProtocolVersion.V5)
+        try:
+            return await stack.enter_async_context(self._client_for(broker, protocol))
+        except aiomqtt.MqttError as exc:
+            if protocol != aiomqtt.ProtocolVersion.V5 or not is_protocol_refusal(exc):
+                raise
+        log.info("%s refuses MQTT 5; using MQTT 3.1.1", broker.url)
+        self._protocol[broker] = aiomqtt.ProtocolVersion.V311
+        return await stack.enter_async_context(
+            self._client_for(broker, aiomqtt.ProtocolVersion.V311)
+        )
+
+    async def _serve(self, broker: Broker) -> None:
+        """One connection: subscribe, report, deliver messages; returns on :meth:`renew`."""
+        async with contextlib.AsyncExitStack() as stack:
+            client = await self._connect(stack, broker)
+            self._client, self.broker = client, broker
+            self.connects += 1
+            self._renew.clear()
+            try:
+                for topic in self.topics.subscriptions:
+                    granted = await client.subscribe(topic, qos=1)
+                    if any(getattr(g, "value", g) >= 0x80 for g in granted):
+                        log.error("broker refused the subscription to %s (ACL?)", topic)
+                log.info("connected to %s, subscribed to %s", broker.url, self.topics.subscriptions)
+                self.connected.set()
+                await self._on_connect()
+                deliver = asyncio.create_task(self._deliver(client), name="mqtt-deliver")
+                renew = asyncio.create_task(self._renew.wait(), name="mqtt-renew")
+                try:
+                    await asyncio.wait({deliver, renew}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    renew.cancel()
+                    deliver.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await deliver  # re-raises the MqttError of a lost connection
+            finally:
+                self.connected.clear()
+                self._client = None
+
+    async def _deliver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            data = payload if isinstance(payload, bytes) else str(payload or "").encode()
+            await self._on_message(message.topic.value, data)
+
+    def renew(self) -> None:
+        """Reconnect gracefully (no will fired) so the will carries the versions now in force."""
+        self._renew.set()
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with growing jittered delays; never returns."""
+        brokers = list(self.config.brokers)
+        index = 0
+        attempt = 0
+        while True:
+            broker = brokers[index % len(brokers)]
+            connects = self.connects
+            try:
+                await self._serve(broker)
+                continue  # renewed on purpose: straight back to the same broker
+            except (aiomqtt.MqttError, ConfigError) as exc:
+                log.warning("broker %s: %s", broker.url, exc or type(exc).__name__)
+            if self.connects != connects:
+                attempt = 0  # we were connected: start the backoff afresh, same broker first
+            else:
+                index += 1  # could not connect: the next broker in turn
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            log.debug("reconnecting in %.2fs", delay)
+            await asyncio.sleep(delay)
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> bool:
+        """QoS 1; False when not connected or the broker went away meanwhile."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.debug("publish to %s failed: %s", topic, exc)
+            return False
+        return True

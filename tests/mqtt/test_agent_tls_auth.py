@@ -1,0 +1,155 @@
+"""TLS with a client certificate, and username/password: configuration, not code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from simulator.broker import Mosquitto, TlsListener
+from tests.mqtt.conftest import PREFIX, AgentProcess, Client, role_doc, write_config
+
+pytestmark = pytest.mark.mqtt
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    path.with_name(path.name + ".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_name(path.name + ".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def make_pki(directory: Path) -> Path:
+    """A CA, a server cert for 127.0.0.1, and a client cert (CN = the host name)."""
+    directory.mkdir()
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("csboot test CA"))
+        .issuer_name(_name("csboot test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(directory / "ca", ca, ca_key)
+    for cn, san in (("broker", True), ("tls1.lab", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
+        if san:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+        _write(directory / cn, builder.sign(ca_key, hashes.SHA256()), key)
+    return directory
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Mosquitto]:
+    """No anonymous access: a password on the plain port, a client cert on the TLS port."""
+    pki = make_pki(tmp_path / "pki")
+    tls = TlsListener(
+        cafile=pki / "ca.crt",
+        certfile=pki / "broker.crt",
+        keyfile=pki / "broker.key",
+        use_identity_as_username=True,
+    )
+    with Mosquitto(
+        tmp_path / "broker",
+        tls=tls,
+        users={"ops": "ops-pw", "pw1": "s3cret"},
+        allow_anonymous=False,
+    ) as mosq:
+        yield mosq
+
+
+def test_tls_client_cert_and_password_agents_both_converge(
+    tmp_path: Path, secured: Mosquitto, agents: Callable[..., AgentProcess]
+) -> None:
+    pki = tmp_path / "pki"
+    ops = Client(secured, ["-u", "ops", "-P", "ops-pw"])
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "bad").write_text("wrong\n")
+    roots = {h: tmp_path / h for h in ("tls1.lab", "pw1", "bad1")}
+    for r in roots.values():
+        r.mkdir()
+    agents(
+        write_config(
+            tmp_path / "tls.toml",
+            [secured.tls_url],
+            roots["tls1.lab"],
+            host="tls1.lab",
+            tls={
+                "ca": str(pki / "ca.crt"),
+                "cert": str(pki / "tls1.lab.crt"),
+                "key": str(pki / "tls1.lab.key"),
+            },
+        )
+    )
+    agents(
+        write_config(
+            tmp_path / "pw.toml",
+            [secured.url],
+            roots["pw1"],
+            host="pw1",
+            auth={"username": "pw1", "password_file": str(tmp_path / "pw")},
+        )
+    )
+    bad = agents(
+        write_config(
+            tmp_path / "bad.toml",
+            [secured.url],
+            roots["bad1"],
+            host="bad1",
+            auth={"username": "pw1", "password_file": str(tmp_path / "bad")},
+        )
+    )
+
+    ops.publish(f"{PREFIX}/roles/kvm/desired", role_doc(4, hypervisor="kvm"))
+    for host in ("tls1.lab", "pw1"):
+        status = ops.wait_status(lambda s: s["state"] == "converged", host=host)
+        assert status["applied"]["roles"] == {"kvm": 4}
+        props = roots[host] / "etc/cloudstack/agent/agent.properties"
+        assert "hypervisor.type=kvm" in props.read_text()
+
+    # a wrong password gets nowhere, and says so
+    deadline = time.monotonic() + 5
+    while "authori" not in bad.output().lower() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "authori" in bad.output().lower(), bad.output()
+    assert not (roots["bad1"] / "etc").exists()
+    assert ops.status("bad1") is None
