@@ -1,0 +1,1 @@
+"""Fleet tools: rollout in waves, fleet status, broker ACLs."""

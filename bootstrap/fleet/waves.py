@@ -1,0 +1,185 @@
+"""Pure rollout planning: wave sizes, the unavailability budget and the abort decision.
+
+Borrowed from AWS IoT Jobs (a rollout rate as waves, abort criteria that need a minimum
+sample, per-host timeouts counted as failures) and kubernetes-nmstate (``maxUnavailable``:
+never more hosts in flight or broken than the budget). Taken further: a host that converges
+but whose post-apply ``checks`` fail is a failure, unless that check already failed before
+the rollout touched the host (a check counts only if it passed before, as probes do).
+
+Nothing here does I/O; :mod:`bootstrap.fleet.rollout` feeds it what the broker says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Outcome = Literal["succeeded", "failed", "check_failed", "timed_out", "offline", "rejected"]
+FAILURES: frozenset[str] = frozenset({"failed", "check_failed", "timed_out", "offline", "rejected"})
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """An absolute count (``3``) or a percentage (``25%``) of some total."""
+
+    value: int
+    percent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.value < 0 or (self.percent and self.value > 100):
+            raise ValueError(f"{self}: out of range")
+
+    @classmethod
+    def parse(cls, text: str | int) -> Amount:
+        raw = str(text).strip()
+        percent = raw.endswith("%")
+        digits = raw[:-1].strip() if percent else raw
+        if not digits.isdigit():
+            raise ValueError(f"{raw!r} is neither N nor P%")
+        return cls(int(digits), percent)
+
+    def of(self, total: int, *, round_up: bool = True) -> int:
+        if not self.percent:
+            return self.value
+        exact = self.value * total / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+
+def parse_waves(text: str) -> tuple[Amount, ...]:
+    """``"1,10%,50%,100%"``: cumulative wave targets (how many hosts have it by the end)."""
+    steps = tuple(Amount.parse(part) for part in text.split(",") if part.strip())
+    if not steps:
+        raise ValueError("no waves given")
+    if any(s.value == 0 for s in steps):
+        raise ValueError("a wave of 0 hosts")
+    return steps
+
+
+def wave_targets(steps: Sequence[Amount], total: int) -> list[int]:
+    """Cumulative host counts per wave: strictly increasing, clamped, ending at ``total``.
+
+    Percentages round up (10% of 5 hosts is 1 host, never 0); a step that adds no host
+    is dropped; a last wave for everyone is always added.
+    """
+    targets: list[int] = []
+    for step in steps:
+        count = min(step.of(total), total)
+        if count > (targets[-1] if targets else 0):
+            targets.append(count)
+    if total and (not targets or targets[-1] < total):
+        targets.append(total)
+    return targets
+
+
+def split_waves(hosts: Sequence[str], steps: Sequence[Amount]) -> list[tuple[str, ...]]:
+    """The ordered hosts cut into waves (each wave lists only its new hosts)."""
+    out: list[tuple[str, ...]] = []
+    start = 0
+    for end in wave_targets(steps, len(hosts)):
+        out.append(tuple(hosts[start:end]))
+        start = end
+    return out
+
+
+def order_hosts(hosts: Iterable[str], canaries: Sequence[str] = ()) -> list[str]:
+    """Deterministic order: the named canaries first (as given), then by name."""
+    pool = set(hosts)
+    first = [h for h in dict.fromkeys(canaries) if h in pool]
+    return first + sorted(pool - set(first))
+
+
+def admit(pending: Sequence[str], *, in_flight: int, unavailable: int, budget: int) -> list[str]:
+    """Hosts of the current wave to hand the new version now.
+
+    ``in_flight`` hosts are applying, ``unavailable`` are offline or failed anywhere in the
+    role: together they may not exceed ``budget`` (kubernetes-nmstate's maxUnavailable).
+    """
+    free = max(0, budget - in_flight - unavailable)
+    return list(pending[:free])
+
+
+@dataclass(frozen=True, slots=True)
+class AbortPolicy:
+    """Stop when failures reach ``after`` (count, or % of hosts that reported), judged only
+    once at least ``min_sample`` hosts have reported an outcome."""
+
+    after: Amount = Amount(1)
+    min_sample: int = 1
+
+    def decide(self, outcomes: Mapping[str, str]) -> str | None:
+        """A reason to abort, or None to go on."""
+        reported = len(outcomes)
+        failed = sorted(h for h, o in outcomes.items() if o in FAILURES)
+        if reported < max(1, self.min_sample) or not failed:
+            return None
+        if self.after.percent:
+            share = 100 * len(failed) / reported
+            if share >= self.after.value:
+                return (
+                    f"{len(failed)} of {reported} hosts failed ({share:.0f}% >= {self.after}): "
+                    + ", ".join(failed)
+                )
+            return None
+        if len(failed) >= self.after.value:
+            return f"{len(failed)} host(s) failed (>= {self.after}): " + ", ".join(failed)
+        return None
+
+
+def failed_checks(
+    checks: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
+    """Names of checks that fail now and did not already fail before the rollout."""
+    failing_before = {str(c.get("name")) for c in baseline if not c.get("ok", False)}
+    return [
+        str(c.get("name"))
+        for c in checks
+        if not c.get("ok", False) and str(c.get("name")) not in failing_before
+    ]
+
+
+def judge(
+    status: Mapping[str, Any] | None,
+    *,
+    role: str,
+    version: int,
+    fresh: bool,
+    baseline_checks: Sequence[Mapping[str, Any]] = (),
+) -> tuple[Outcome | None, str]:
+    """One host's outcome for ``role`` at ``version`` from its latest status.
+
+    ``fresh`` says the status was published after the host was handed the version (a
+    failure from before proves nothing). None means: still waiting; an offline host is
+    waited for until its timeout (then it fails as ``offline``), never taken as a success.
+    """
+    if status is None:
+        return None, "no status yet"
+    state = status.get("state")
+    applied = status.get("applied") or {}
+    roles = applied.get("roles") or {} if isinstance(applied, Mapping) else {}
+    at_version = isinstance(roles, Mapping) and roles.get(role) == version
+    if state == "offline":
+        return None, "offline"  # a blip is not a verdict; the timeout turns it into one
+    if state == "converged" and at_version:
+        bad = failed_checks(status.get("checks") or [], baseline_checks)
+        if bad:
+            return "check_failed", "checks failed after apply: " + ", ".join(bad)
+        return "succeeded", "converged"
+    if not fresh:
+        return None, f"waiting ({state})"
+    if state in ("failed", "rolled_back"):
+        return "failed", _error_text(status, str(state))
+    if state == "rejected":
+        return "rejected", _error_text(status, "rejected")
+    return None, f"waiting ({state})"
+
+
+def _error_text(status: Mapping[str, Any], state: str) -> str:
+    error = status.get("error")
+    if isinstance(error, Mapping) and error.get("message"):
+        return f"{state}: {error['message']}"
+    return state
