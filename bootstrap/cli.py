@@ -250,7 +250,10 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="csboot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="csboot",
+        description="Converge Apache CloudStack KVM/LXC hypervisor hosts to desired state.",
+    )
     parser.add_argument("--version", action="version", version=f"csboot {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
