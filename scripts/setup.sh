@@ -12,8 +12,9 @@ DEB_PACKAGES=(
   iproute2 iputils-ping procps         # namespaces for tests; ping for humans
   python3-venv
 )
-# The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p).
-if [ "$(uname -m)" = x86_64 ]; then DEB_PACKAGES+=(linux-image-amd64); fi
+# The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p); virtme-ng
+# builds its initramfs with busybox.
+if [ "$(uname -m)" = x86_64 ]; then DEB_PACKAGES+=(linux-image-amd64 busybox-static); fi
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

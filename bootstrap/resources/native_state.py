@@ -1,0 +1,279 @@
+"""The native backend as data: desired links from the spec, and the diffs between states.
+
+Pure functions only (no netlink here), so the whole layout logic is unit-tested without a
+kernel. The netlink shell lives in ``native.py``.
+
+Ownership: every link we create carries ``IFLA_IFALIAS = MARK``. A link with our mark is
+``ours`` and may be changed or removed; any other link of the same name is the operator's
+and is only *adopted* when it already is what the spec asks for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Discriminator
+
+from bootstrap.engine.resource import Change
+from bootstrap.errors import InvalidDocument
+from bootstrap.model.spec import Network
+
+__all__ = [
+    "MARK",
+    "BridgeState",
+    "Layout",
+    "LinkState",
+    "UplinkState",
+    "VlanState",
+    "bridge_changes",
+    "bridge_settings",
+    "layout",
+    "link_settings",
+    "mismatch",
+    "uplink_changes",
+    "vlan_changes",
+]
+
+MARK = "cloudstack-bootstrap"
+"""IFLA_IFALIAS of every link we create: how a later run tells ours from the operator's."""
+
+CENTISECONDS = 100
+"""The kernel takes and reports IFLA_BR_FORWARD_DELAY in clock_t (USER_HZ = 100 per second)."""
+
+MIN_STP_FORWARD_DELAY = 2
+"""With STP on, the kernel clamps the forward delay to 2..30 s (br_stp_start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkState:
+    """The operator's uplink: we only set its MTU and bring it up."""
+
+    ifname: str
+    mtu: int
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VlanState:
+    """A VLAN sub-interface ``<parent>.<vlan_id>``; ``ours`` = it carries our mark."""
+
+    ifname: str
+    parent: str
+    vlan_id: int
+    mtu: int
+    up: bool
+    ours: bool = True
+    kind: Literal["vlan"] = "vlan"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeState:
+    """A Linux bridge. ``ports`` (sorted) lists only the ports we manage: links we created
+    and the spec's own port; other ports (CloudStack's vnetN taps, LXC veths) are none of
+    our business and never touched."""
+
+    ifname: str
+    mtu: int
+    up: bool
+    stp: bool
+    forward_delay_cs: int
+    ports: tuple[str, ...]
+    ours: bool = True
+    kind: Literal["bridge"] = "bridge"
+
+
+LinkState = Annotated[VlanState | BridgeState, Discriminator("kind")]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Everything the native backend wants for one spec.network, in apply order."""
+
+    uplink: UplinkState
+    vlans: tuple[VlanState, ...]
+    bridges: tuple[BridgeState, ...]
+    management_ifname: str | None
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(v.ifname for v in self.vlans) | {b.ifname for b in self.bridges}
+
+
+def layout(network: Network) -> Layout:
+    """Pure: the links the spec asks for. Rejects what the kernel would silently alter."""
+    uplink = network.uplink
+
+    def vlan(vid: int, mtu: int) -> VlanState:
+        return VlanState(f"{uplink}.{vid}", uplink, vid, mtu, up=True)
+
+    vlans: list[VlanState] = []
+    mgmt_ifname: str | None = None
+    if network.management is not None:
+        mgmt_ifname = uplink
+        if network.management.vlan is not None:
+            vlans.append(vlan(network.management.vlan, network.mtu))
+            mgmt_ifname = vlans[0].ifname
+    bridges: list[BridgeState] = []
+    for i, spec in enumerate(network.bridges):
+        field = f"network.bridges.{i}"
+        mtu = spec.mtu or network.mtu
+        if mtu > network.mtu:
+            raise InvalidDocument(
+                f"MTU {mtu} is above the uplink's {network.mtu}: a VLAN sub-interface "
+                "cannot be larger than its uplink",
+                field=f"{field}.mtu",
+            )
+        if spec.stp and spec.forward_delay < MIN_STP_FORWARD_DELAY:
+            raise InvalidDocument(
+                f"with stp on the kernel forces a forward delay of at least "
+                f"{MIN_STP_FORWARD_DELAY} s, not {spec.forward_delay}",
+                field=f"{field}.forward_delay",
+            )
+        port = vlan(spec.vlan, mtu)
+        vlans.append(port)
+        bridges.append(
+            BridgeState(
+                spec.name,
+                mtu,
+                up=True,
+                stp=spec.stp,
+                forward_delay_cs=spec.forward_delay * CENTISECONDS,
+                ports=(port.ifname,),
+            )
+        )
+    return Layout(
+        UplinkState(uplink, network.mtu, up=True), tuple(vlans), tuple(bridges), mgmt_ifname
+    )
+
+
+def mismatch(current: VlanState | BridgeState, wanted: VlanState | BridgeState) -> list[str]:
+    """Pure: what differs between two links of one kind, ignoring who owns them."""
+    if isinstance(current, VlanState) and isinstance(wanted, VlanState):
+        return _vlan_words(current, wanted)
+    if isinstance(current, BridgeState) and isinstance(wanted, BridgeState):
+        return _bridge_words(current, wanted)
+    return [f"kind {current.kind} → {wanted.kind}"]
+
+
+def _updown(up: bool) -> str:
+    return "up" if up else "down"
+
+
+def _common_words(
+    current: VlanState | BridgeState | UplinkState, wanted: VlanState | BridgeState | UplinkState
+) -> list[str]:
+    words = []
+    if current.mtu != wanted.mtu:
+        words.append(f"mtu {current.mtu} → {wanted.mtu}")
+    if current.up != wanted.up:
+        words.append(f"{_updown(current.up)} → {_updown(wanted.up)}")
+    return words
+
+
+def _vlan_words(current: VlanState, wanted: VlanState) -> list[str]:
+    words = []
+    if (current.parent, current.vlan_id) != (wanted.parent, wanted.vlan_id):
+        words.append(
+            f"vlan {current.vlan_id} on {current.parent} → {wanted.vlan_id} on {wanted.parent}"
+        )
+    return words + _common_words(current, wanted)
+
+
+def _bridge_words(current: BridgeState, wanted: BridgeState) -> list[str]:
+    words = _common_words(current, wanted)
+    if current.stp != wanted.stp:
+        words.append(f"stp {_onoff(current.stp)} → {_onoff(wanted.stp)}")
+    if current.forward_delay_cs != wanted.forward_delay_cs:
+        words.append(
+            f"forward delay {_seconds(current.forward_delay_cs)} → "
+            f"{_seconds(wanted.forward_delay_cs)}"
+        )
+    words += [f"port +{p}" for p in wanted.ports if p not in current.ports]
+    words += [f"port -{p}" for p in current.ports if p not in wanted.ports]
+    return words
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _seconds(centiseconds: int) -> str:
+    return f"{centiseconds / CENTISECONDS:g}s"
+
+
+def _describe_vlan(state: VlanState) -> str:
+    return f"vlan {state.vlan_id} on {state.parent}, mtu {state.mtu}, {_updown(state.up)}"
+
+
+def _describe_bridge(state: BridgeState) -> str:
+    ports = ", ".join(state.ports) or "none"
+    return (
+        f"mtu {state.mtu}, stp {_onoff(state.stp)}, forward delay "
+        f"{_seconds(state.forward_delay_cs)}, ports {ports}, {_updown(state.up)}"
+    )
+
+
+def vlan_changes(name: str, current: VlanState | None, target: VlanState | None) -> list[Change]:
+    """Pure: the plan lines for one VLAN sub-interface."""
+    if current == target:
+        return []
+    if current is None:
+        assert target is not None
+        return [Change(name, "create", _describe_vlan(target))]
+    if target is None:
+        return [Change(name, "delete", _describe_vlan(current))]
+    words = mismatch(current, target)
+    if (current.parent, current.vlan_id) != (target.parent, target.vlan_id):
+        return [
+            Change(name, "delete", "recreate: " + "; ".join(words)),
+            Change(name, "create", _describe_vlan(target)),
+        ]
+    return [Change(name, "modify", "; ".join(words))] if words else []
+
+
+def bridge_changes(
+    name: str, current: BridgeState | None, target: BridgeState | None
+) -> list[Change]:
+    """Pure: the plan lines for one bridge."""
+    if current == target:
+        return []
+    if current is None:
+        assert target is not None
+        return [Change(name, "create", _describe_bridge(target))]
+    if target is None:
+        return [Change(name, "delete", _describe_bridge(current))]
+    words = mismatch(current, target)
+    return [Change(name, "modify", "; ".join(words))] if words else []
+
+
+def uplink_changes(name: str, current: UplinkState, target: UplinkState) -> list[Change]:
+    words = _common_words(current, target)
+    return [Change(name, "modify", "; ".join(words))] if words else []
+
+
+def link_settings(
+    current: VlanState | BridgeState | UplinkState, target: VlanState | BridgeState | UplinkState
+) -> dict[str, object]:
+    """Pure: the pyroute2 ``link set`` arguments for the MTU and up/down, when they differ."""
+    out: dict[str, object] = {}
+    if current.mtu != target.mtu:
+        out["mtu"] = target.mtu
+    if current.up != target.up:
+        out["state"] = _updown(target.up)
+    return out
+
+
+def bridge_settings(current: BridgeState, target: BridgeState) -> dict[str, object]:
+    """Pure: the bridge attributes that differ, as pyroute2 ``link set`` arguments.
+
+    ``br_forward_delay`` goes to the kernel in centiseconds (clock_t), as it is read back.
+    """
+    out: dict[str, object] = {}
+    if current.stp != target.stp:
+        out["br_stp_state"] = int(target.stp)
+    if current.forward_delay_cs != target.forward_delay_cs:
+        out["br_forward_delay"] = target.forward_delay_cs
+    if out:
+        out["kind"] = "bridge"
+    return out
