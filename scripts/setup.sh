@@ -9,7 +9,7 @@ DEB_PACKAGES=(
   openvswitch-switch openvswitch-common # ovsdb-server / ovs-vswitchd (userspace datapath here)
   nftables python3-nftables            # libnftables and its JSON API binding
   qemu-system-x86                      # live-migration guests and the full-kernel VM
-  iproute2 iputils-ping procps         # namespaces for tests; ping for humans
+  iproute2 iputils-ping procps util-linux  # namespaces (nsenter) for tests; ping for humans
   python3-venv
 )
 # The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p); virtme-ng

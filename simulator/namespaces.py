@@ -28,10 +28,6 @@ def new_run_id() -> str:
     return f"{PREFIX}{secrets.token_hex(3)[:5]}"
 
 
-def _enter(name: str) -> None:
-    netns.setns(name, flags=0)
-
-
 class Namespace:
     """One named network namespace. ``with Namespace.create(name) as ns:`` removes it after."""
 
@@ -60,17 +56,25 @@ class Namespace:
         """A netlink socket inside the namespace."""
         return IPRoute(netns=self.name)
 
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run inside the namespace.
+
+        nsenter execs the command in place (same pid), and unlike a ``preexec_fn`` it is
+        safe while other threads run (hosts come up in parallel).
+        """
+        return ["nsenter", f"--net={self.path}", "--", *argv]
+
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a process inside the namespace."""
-        return subprocess.Popen(list(argv), preexec_fn=lambda: _enter(self.name), **kwargs)
+        return subprocess.Popen(self.argv(argv), **kwargs)
 
-    def run(self, argv: Sequence[str], *, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
-        return subprocess.run(list(argv), preexec_fn=lambda: _enter(self.name), check=check, **kwargs)
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, **kwargs: Any
+    ) -> subprocess.CompletedProcess[Any]:
+        return subprocess.run(self.argv(argv), check=check, **kwargs)
 
     async def exec(self, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            *argv, preexec_fn=lambda: _enter(self.name), **kwargs
-        )
+        return await asyncio.create_subprocess_exec(*self.argv(argv), **kwargs)
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:

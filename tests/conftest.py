@@ -25,12 +25,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("root") and not _is_root():
             item.add_marker(pytest.mark.skip(reason="needs root (creates network namespaces)"))
         if item.get_closest_marker("fullkernel") and not (in_vm or has_8021q):
-            item.add_marker(pytest.mark.skip(
-                reason="needs 8021q (this kernel lacks it): runs in the full-kernel VM lane "
-                "(tox -e fullkernel)"))
+            item.add_marker(
+                pytest.mark.skip(
+                    reason="needs 8021q (this kernel lacks it): runs in the full-kernel VM lane "
+                    "(tox -e fullkernel)"
+                )
+            )
         for tool in ("mosquitto", "ovsdb-server", "qemu-system-x86_64"):
-            marker = {"mosquitto": "mqtt", "ovsdb-server": "ovs",
-                      "qemu-system-x86_64": "qemu"}[tool]
+            marker = {"mosquitto": "mqtt", "ovsdb-server": "ovs", "qemu-system-x86_64": "qemu"}[
+                tool
+            ]
             if item.get_closest_marker(marker) and shutil.which(tool) is None:
                 item.add_marker(pytest.mark.skip(reason=f"{tool} is not installed"))
 
