@@ -1,0 +1,86 @@
+"""Time a simulated fleet end to end: up, rollout, each check, down.
+
+    sudo .venv/bin/python bench/sim_scale.py [nets/scale-100.yaml] [--json]
+
+Prints one table (phase, seconds) plus the fleet's size and whether everything passed.
+The fleet is always torn down. Exit 0 when the rollout converged and every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from simulator.fleet import Sim, SimError
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("net", nargs="?", default="nets/scale-100.yaml")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    t0 = time.monotonic()
+    try:
+        fleet = Sim.up(args.net)
+    except SimError as exc:
+        print(f"could not build: {exc}", file=sys.stderr)
+        return 2
+    up = time.monotonic() - t0
+    results = []
+    try:
+        rows = fleet.rollout()
+        converged = sum(r.ok for r in rows)
+        if converged == len(rows):
+            results = fleet.check()
+    finally:
+        fleet.down()
+    total = time.monotonic() - t0
+    phases = {"up": up, **{k: v for k, v in fleet.timings.items() if k not in ("fabric", "hosts")}}
+    phases["total"] = total
+    ok = converged == len(rows) and bool(results) and all(r.ok for r in results)
+    summary = {
+        "net": fleet.net.name,
+        "hosts": len(fleet.layout.hosts),
+        "converged": converged,
+        "checks": {r.name: {"ok": r.ok, "rows": len(r.rows), "hosts": r.hosts} for r in results},
+        "seconds": {k: round(v, 1) for k, v in phases.items()},
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "ok": ok,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        t = Table(
+            title=f"{summary['net']}: {summary['hosts']} hosts, "
+            f"{converged} converged, {os.cpu_count()} CPUs"
+        )
+        t.add_column("phase")
+        t.add_column("seconds", justify="right")
+        for k, v in phases.items():
+            t.add_row(k, f"{v:.1f}")
+        for r in results:
+            t.add_row(
+                f"  {r.name}: {'ok' if r.ok else 'FAIL ' + ','.join(r.hosts)}",
+                f"{len(r.rows)} rows",
+            )
+        Console().print(t)
+        failed = Counter(f"{r.state}: {r.detail[:100]}" for r in rows if not r.ok)
+        for what, n in failed.most_common(5):
+            print(f"  {n} host(s) {what}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The data-centre fabric: a top-of-rack switch namespace and the links to it.
+
+The switch is an Open vSwitch bridge on the netdev datapath in its own namespace: host
+ports are trunks (allowed VLANs, optional native VLAN), the broker's port is an access port
+of the management VLAN. That is how a real ToR port is configured, and it needs neither the
+openvswitch kernel module nor bridge VLAN filtering. ``kind: linux`` is the fallback: a
+plain Linux bridge passes tagged frames through (no per-port VLAN policy), and the broker
+then sits on a VLAN sub-interface (which needs 8021q).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulator.namespaces import Namespace, veth_pair
+from simulator.nets import Switch
+from simulator.ovs import OvsDaemons
+
+__all__ = ["SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
+
+SWITCH_BRIDGE = "tor"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(ns: Namespace) -> Iterator[None]:
+    """This *thread* inside ``ns`` for the block; thread-safe, unlike a shared ns stack.
+
+    Hosts come up in a thread pool, so each thread saves and restores its own namespace.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(ns.path, os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns.name}")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def no_offload(ns: Namespace, ifname: str) -> None:
+    """Turn checksum offload off on a veth end.
+
+    OVS's netdev datapath reads and writes veths through packet sockets; with offload on,
+    TCP segments leave with partial checksums that the far end drops.
+    """
+    from pyroute2.ethtool import Ethtool
+
+    with in_netns(ns):
+        eth = Ethtool()
+        try:
+            feats = eth.get_features(ifname)
+            for name in ("tx-checksum-ip-generic", "tx-checksumming", "rx-checksum"):
+                if name in feats.features:
+                    feats.features[name].enable = False
+            eth.set_features(ifname, feats)
+        finally:
+            eth.close()
+
+
+@dataclass(slots=True)
+class Fabric:
+    """The switch namespace and its ports; ``add_*`` wire a namespace to it."""
+
+    ns: Namespace
+    root: Path
+    spec: Switch
+    ovs: OvsDaemons | None = None
+    ports: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, ns: Namespace, root: Path, spec: Switch) -> Fabric:
+        fabric = cls(ns=ns, root=root, spec=spec)
+        if spec.kind == "ovs":
+            fabric.ovs = OvsDaemons(root, ns).start()
+            fabric.ovs.vsctl(
+                "add-br",
+                SWITCH_BRIDGE,
+                "--",
+                "set",
+                "bridge",
+                SWITCH_BRIDGE,
+                "datapath_type=netdev",
+                "fail_mode=standalone",
+            )
+        else:
+            with ns.iproute() as ipr:
+                ipr.link("add", ifname=SWITCH_BRIDGE, kind="bridge", br_stp_state=0)
+                (idx,) = ipr.link_lookup(ifname=SWITCH_BRIDGE)
+                ipr.link("set", index=idx, state="up")
+        return fabric
+
+    def _attach(self, port: str, *ovs_settings: str) -> None:
+        no_offload(self.ns, port)
+        if self.ovs is not None:
+            self.ovs.vsctl(
+                "add-port", SWITCH_BRIDGE, port, "--", "set", "port", port, *ovs_settings
+            )
+        else:
+            with self.ns.iproute() as ipr:
+                (br,) = ipr.link_lookup(ifname=SWITCH_BRIDGE)
+                (idx,) = ipr.link_lookup(ifname=port)
+                ipr.link("set", index=idx, master=br)
+        self.ports.append(port)
+
+    def add_trunk(self, peer: Namespace, peer_if: str, port: str) -> None:
+        """A host's uplink: a trunk carrying the switch's VLANs (native one untagged)."""
+        veth_pair(peer, peer_if, self.ns, port)
+        no_offload(peer, peer_if)
+        trunks = ",".join(str(v) for v in self.spec.trunk_vlans)
+        settings = [f"trunks={trunks}"]
+        if self.spec.native_vlan is not None:
+            settings += ["vlan_mode=native-untagged", f"tag={self.spec.native_vlan}"]
+        else:
+            settings += ["vlan_mode=trunk"]
+        self._attach(port, *settings)
+
+    def add_access(
+        self,
+        peer: Namespace,
+        peer_if: str,
+        port: str,
+        vlan: int,
+        addresses: list[ipaddress.IPv4Interface],
+    ) -> str:
+        """An access port of ``vlan`` (the broker's); returns the interface the addresses sit on."""
+        veth_pair(peer, peer_if, self.ns, port)
+        no_offload(peer, peer_if)
+        iface = peer_if
+        if self.ovs is not None:
+            self._attach(port, f"tag={vlan}", "vlan_mode=access")
+        else:
+            self._attach(port)
+            iface = f"{peer_if}.{vlan}"
+            with peer.iproute() as ipr:
+                (parent,) = ipr.link_lookup(ifname=peer_if)
+                ipr.link("add", ifname=iface, kind="vlan", link=parent, vlan_id=vlan)
+                (idx,) = ipr.link_lookup(ifname=iface)
+                ipr.link("set", index=idx, state="up")
+        with peer.iproute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=iface)
+            for a in addresses:
+                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        return iface
+
+    def stop(self) -> None:
+        if self.ovs is not None:
+            self.ovs.stop()

@@ -1,0 +1,302 @@
+"""The simulated fleet: ``Sim.up`` builds it, ``rollout`` converges it, ``check``, ``down``.
+
+Everything a run makes is named by its run id (namespaces ``<run>-switch``,
+``<run>-broker``, ``<run>-<host>``, guests ``<run>-<host>-g<vlan>``) and recorded in a state
+file (``/run/csboot-sim/<run>.json``, plus ``latest``) *before* it is made, so
+``down_run`` removes exactly what that run created, even after a crash: every daemon of a
+run (mosquitto, ovsdb-server, ovs-vswitchd, agents, QEMU) lives inside one of its
+namespaces, and removing a namespace stops what is in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulator.checks import CheckResult
+from simulator.fabric import Fabric
+from simulator.hosts import SimHost
+from simulator.namespaces import Namespace, new_run_id, remove_run
+from simulator.nets import Layout, Net, load_net
+from simulator.rollout import BrokerHandle, start_broker, wait_converged
+
+__all__ = ["STATE_DIR", "RolloutRow", "Sim", "SimError", "down_run", "list_runs"]
+
+STATE_DIR = Path(os.environ.get("CSBOOT_SIM_STATE", "/run/csboot-sim"))
+UP_WORKERS = 8
+_STATE_LOCK = threading.Lock()
+
+
+class SimError(RuntimeError):
+    """The fleet could not be built (exit code 2): what failed and for which part."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRow:
+    host: str
+    ok: bool
+    state: str
+    detail: str
+    seconds: float
+
+
+@dataclass(slots=True)
+class Sim:
+    net: Net
+    net_path: str
+    layout: Layout
+    run_id: str
+    workdir: Path
+    switch_ns: Namespace | None = None
+    broker_ns: Namespace | None = None
+    fabric: Fabric | None = None
+    broker: BrokerHandle | None = None
+    hosts: dict[str, SimHost] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    rollout_rows: list[RolloutRow] = field(default_factory=list)
+
+    # -- state file -------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return STATE_DIR / f"{self.run_id}.json"
+
+    def save_state(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        data = {
+            "run": self.run_id,
+            "net": self.net_path,
+            "workdir": str(self.workdir),
+            "namespaces": self.namespaces,
+            "pid": os.getpid(),
+            "broker_password": self.broker.admin_password if self.broker else None,
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.state_path)
+        latest = STATE_DIR / "latest"
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(self.state_path.name)
+
+    def record_namespace(self, name: str) -> None:
+        """Recorded before it is created (threads call this: one writer at a time)."""
+        with _STATE_LOCK:
+            self.namespaces.append(name)
+            self.save_state()
+
+    def _ns(self, suffix: str) -> Namespace:
+        name = f"{self.run_id}-{suffix}"
+        self.record_namespace(name)
+        return Namespace.create(name)
+
+    # -- up ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, net_path: str | Path) -> Sim:
+        net = load_net(net_path)
+        run = new_run_id()
+        workdir = Path(tempfile.mkdtemp(prefix=f"csboot-sim-{run}-"))
+        sim = cls(net=net, net_path=str(net_path), layout=net.layout(), run_id=run, workdir=workdir)
+        sim.save_state()
+        return sim
+
+    @classmethod
+    def up(cls, net_path: str | Path) -> Sim:
+        """Build the fleet; on any failure tear down what was made and raise SimError."""
+        sim = cls.create(net_path)
+        try:
+            sim.build()
+        except BaseException as exc:
+            sim.down()
+            if isinstance(exc, Exception) and not isinstance(exc, SimError):
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                raise SimError(
+                    f"could not build {sim.net.name}: {type(exc).__name__}: {exc} "
+                    f"({Path(where.filename).name}:{where.lineno})"
+                ) from exc
+            raise
+        return sim
+
+    def build(self) -> None:
+        t0 = time.monotonic()
+        if os.environ.get("CSBOOT_FULLKERNEL") == "1":
+            # The VM's kernel has tun as a module; OVS's netdev datapath needs it for its
+            # internal ports (mgmt0, cloudbr0). Only ever inside the throwaway VM.
+            subprocess.run(["modprobe", "-q", "tun"], check=False)
+        self.switch_ns = self._ns("switch")
+        self.fabric = Fabric.build(self.switch_ns, self.workdir / "switch", self.net.switch)
+        self.broker_ns = self._ns("broker")
+        for vlan, addresses in self.layout.routers():  # the broker's namespace routes too
+            self.fabric.add_access(self.broker_ns, f"v{vlan}", f"r{vlan}", vlan, addresses)
+        self.broker_ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        self.broker = start_broker(
+            self.broker_ns, self.workdir / "broker", self.net.broker, self.layout
+        )
+        self.save_state()
+        self.timings["fabric"] = time.monotonic() - t0
+        t1 = time.monotonic()
+        names = [h.name for h in self.layout.hosts]
+        for name in names:  # recorded before they exist, so a crash mid-way is cleaned up
+            self.namespaces.append(f"{self.run_id}-{name}")
+        self.save_state()
+        with ThreadPoolExecutor(UP_WORKERS) as pool:
+            built = list(pool.map(self._build_host, self.layout.hosts))
+        self.hosts = {h.name: h for h in built}
+        self.timings["hosts"] = time.monotonic() - t1
+
+    def _build_host(self, layout: Any) -> SimHost:
+        assert self.fabric is not None and self.broker is not None
+        ns = Namespace.create(f"{self.run_id}-{layout.name}")
+        try:
+            host = SimHost.build(
+                layout,
+                ns,
+                self.workdir / "hosts" / layout.name,
+                self.fabric,
+                mgmt_vlan=self.layout.mgmt_vlan,
+            )
+            host.start_agent(self.broker.url, self.broker.passwords[layout.name])
+        except Exception as exc:
+            raise SimError(f"host {layout.name}: {exc}") from exc
+        return host
+
+    # -- rollout ----------------------------------------------------------------------
+
+    def rollout(self, timeout: float | None = None) -> list[RolloutRow]:
+        """Publish the documents retained; wait for every host's status to say converged."""
+        assert self.broker is not None
+        t0 = time.monotonic()
+        self.broker.publish_documents(self.layout)
+        rows = wait_converged(
+            self.broker, self.layout, timeout=timeout or self.net.converge_timeout, start=t0
+        )
+        self.timings["rollout"] = time.monotonic() - t0
+        self.rollout_rows = [RolloutRow(**r) for r in rows]
+        return self.rollout_rows
+
+    # -- checks -----------------------------------------------------------------------
+
+    def check(self, only: list[str] | None = None) -> list[CheckResult]:
+        return asyncio.run(self.check_async(only))
+
+    async def check_async(self, only: list[str] | None = None) -> list[CheckResult]:
+        from simulator.checks.isolation import check_isolation
+        from simulator.checks.migration import check_migration
+        from simulator.checks.ports import check_ports
+        from simulator.checks.reach import check_reach
+
+        exp = self.net.expect
+        plan = [
+            ("reach", check_reach, True),
+            ("isolation", check_isolation, exp.isolated),
+            ("ports", check_ports, exp.ports),
+            ("migration", check_migration, exp.migration is not None),
+        ]
+        results = []
+        t0 = time.monotonic()
+        for name, fn, wanted in plan:
+            if (only and name not in only) or not wanted:
+                continue
+            t = time.monotonic()
+            results.append(await fn(self))
+            self.timings[f"check.{name}"] = time.monotonic() - t
+        self.timings["check"] = time.monotonic() - t0
+        return results
+
+    # -- down -------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        t0 = time.monotonic()
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):
+                host.stop()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                self.broker.stop()
+        if self.fabric is not None:
+            with contextlib.suppress(Exception):
+                self.fabric.stop()
+        removed = down_run(self.run_id)
+        self.timings["down"] = time.monotonic() - t0
+        return removed
+
+    # -- re-attach (a later `csboot-sim check` process) -------------------------------
+
+    @classmethod
+    def attach(cls, run: str | None = None) -> Sim:
+        state = read_state(run)
+        net = load_net(state["net"])
+        sim = cls(
+            net=net,
+            net_path=state["net"],
+            layout=net.layout(),
+            run_id=state["run"],
+            workdir=Path(state["workdir"]),
+            namespaces=list(state["namespaces"]),
+        )
+        from simulator.ovs import OvsDaemons
+        from simulator.rollout import attach_broker
+
+        sim.broker_ns = Namespace(f"{sim.run_id}-broker")
+        sim.broker = attach_broker(
+            sim.broker_ns,
+            sim.workdir / "broker",
+            net.broker,
+            sim.layout,
+            state.get("broker_password") or "",
+        )
+        for layout in sim.layout.hosts:
+            ns = Namespace(f"{sim.run_id}-{layout.name}")
+            root = sim.workdir / "hosts" / layout.name
+            host = SimHost(layout=layout, ns=ns, root=root)
+            if layout.backend == "openvswitch":
+                host.ovs = OvsDaemons(root, ns)
+            sim.hosts[layout.name] = host
+        return sim
+
+
+def read_state(run: str | None) -> dict[str, Any]:
+    path = STATE_DIR / (f"{run}.json" if run else "latest")
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SimError(f"no simulator run {run or '(latest)'} in {STATE_DIR}") from exc
+    return data
+
+
+def list_runs() -> list[str]:
+    return sorted(p.stem for p in STATE_DIR.glob("csb*.json"))
+
+
+def down_run(run: str | None = None) -> list[str]:
+    """Remove one run (the latest by default): its namespaces, processes, files, state."""
+    try:
+        state = read_state(run)
+    except SimError:
+        if run is None:
+            return []
+        state = {"run": run, "workdir": None}
+    run_id = state["run"]
+    removed = remove_run(run_id)  # stops every process inside, then removes the namespace
+    workdir = state.get("workdir")
+    if workdir and Path(workdir).name.startswith(f"csboot-sim-{run_id}-"):
+        shutil.rmtree(workdir, ignore_errors=True)
+    (STATE_DIR / f"{run_id}.json").unlink(missing_ok=True)
+    latest = STATE_DIR / "latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() and str(latest.readlink()) == f"{run_id}.json":
+            latest.unlink()
+    return removed

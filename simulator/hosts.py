@@ -1,0 +1,204 @@
+"""One simulated hypervisor: a namespace, an uplink to the switch, a file root, OVS, the agent.
+
+A host starts as the installer left it (the first contact): only its uplink ``eth0`` with
+the management address untagged (or on ``eth0.<vlan>``) and a default route. Everything
+else (bridges, VLANs, mgmt0, the firewall, the files) is the agent's job, done by the real
+engine on the first rollout; the simulator never builds the target layout itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulator.fabric import Fabric, no_offload
+from simulator.namespaces import Namespace, veth_pair
+from simulator.nets import HostLayout
+from simulator.ovs import OvsDaemons, OvsError
+
+__all__ = ["Guest", "SimHost", "agent_toml"]
+
+PREFIX = "cloudstack/bootstrap/v1"
+RESERVED_PORTS = "49152-49216"
+
+
+def agent_toml(
+    *, host: str, roles: tuple[str, ...], broker: str, root: Path, password_file: Path
+) -> str:
+    """The agent's configuration (contract section 6) for one simulated host."""
+    role_list = ", ".join(json.dumps(r) for r in roles)
+    return (
+        f'broker = "{broker}"\n'
+        f'host = "{host}"\n'
+        f"roles = [{role_list}]\n"
+        f'prefix = "{PREFIX}"\n'
+        f'root = "{root}"\n'
+        "rollback_window = 60\n"  # a busy 2-core machine answers probes late
+        "\n[auth]\n"
+        f'username = "{host}"\n'
+        f'password_file = "{password_file}"\n'
+    )
+
+
+def _start_ovs(root: Path, ns: Namespace, attempts: int = 3) -> OvsDaemons:
+    """OVS daemons for a host; a start that loses a race on a busy machine is retried
+    (ovsdb-server's socket file can exist a moment before it accepts connections)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return OvsDaemons(root, ns).start()
+        except OvsError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """A stand-in VM: a namespace on one of the host's bridges with a test address."""
+
+    ns: Namespace
+    vlan: int
+    bridge: str
+    address: ipaddress.IPv4Interface  # in the VLAN's own subnet
+    probe: ipaddress.IPv4Interface  # in one subnet shared by every VLAN: L2 must isolate
+
+
+@dataclass(slots=True)
+class SimHost:
+    layout: HostLayout
+    ns: Namespace
+    root: Path
+    ovs: OvsDaemons | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    guests: dict[int, Guest] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    @classmethod
+    def build(
+        cls,
+        layout: HostLayout,
+        ns: Namespace,
+        root: Path,
+        fabric: Fabric,
+        *,
+        mgmt_vlan: int,
+    ) -> SimHost:
+        """The install-time host: uplink, management address, route, and OVS if it uses it."""
+        root.mkdir(parents=True, exist_ok=True)
+        host = cls(layout=layout, ns=ns, root=root)
+        # libvirt's migration ports sit inside Linux's ephemeral range (32768-60999): keep
+        # outgoing connections (the agent's MQTT session) off them, as a real host must,
+        # or a migration listener (or the ports check's stand-in) cannot bind.
+        ns.run(["sysctl", "-qw", f"net.ipv4.ip_local_reserved_ports={RESERVED_PORTS}"])
+        fabric.add_trunk(ns, layout.uplink, layout.port)
+        iface = layout.uplink
+        with ns.iproute() as ipr:
+            (up,) = ipr.link_lookup(ifname=layout.uplink)
+            if layout.install_tagged:
+                iface = f"{layout.uplink}.{mgmt_vlan}"
+                ipr.link("add", ifname=iface, kind="vlan", link=up, vlan_id=mgmt_vlan)
+                (idx,) = ipr.link_lookup(ifname=iface)
+                ipr.link("set", index=idx, state="up")
+            else:
+                idx = up
+            addr = layout.install_address
+            ipr.addr("add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+            if layout.install_gateway is not None:
+                # metric 100, as DHCP (NetworkManager, dhclient) leaves it on an installed host
+                ipr.route("add", dst="0.0.0.0/0", gateway=str(layout.install_gateway), priority=100)
+        if layout.backend == "openvswitch":
+            host.ovs = _start_ovs(root, ns)
+        return host
+
+    # -- the agent ------------------------------------------------------------------------
+
+    def start_agent(self, broker: str, password: str) -> None:
+        etc = self.root / "etc/cloudstack-bootstrap"
+        etc.mkdir(parents=True, exist_ok=True)
+        pw = etc / "mqtt.pass"
+        pw.write_text(password + "\n")
+        pw.chmod(0o600)
+        conf = etc / "agent.toml"
+        conf.write_text(
+            agent_toml(
+                host=self.name,
+                roles=self.layout.roles,
+                broker=broker,
+                root=self.root,
+                password_file=pw,
+            )
+        )
+        log = self.root / "var/log/csboot-agent.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        csboot = str(Path(sys.executable).with_name("csboot"))
+        with log.open("ab") as out:
+            self.agent = self.ns.popen(
+                [csboot, "agent", "-c", str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+            )
+
+    def _env(self) -> dict[str, str]:
+        """OVS hosts: keep every OVS tool on this host's own directories."""
+        return dict(self.ovs.env) if self.ovs is not None else dict(os.environ)
+
+    def stop(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.terminate()
+            try:
+                self.agent.wait(5)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+        for g in self.guests.values():
+            g.ns.remove()
+        self.guests.clear()
+        if self.ovs is not None:
+            self.ovs.stop()
+
+    # -- guests ---------------------------------------------------------------------------
+
+    def attach_guest(
+        self,
+        guest_ns: Namespace,
+        vlan: int,
+        bridge: str,
+        address: ipaddress.IPv4Interface,
+        probe: ipaddress.IPv4Interface,
+    ) -> str | None:
+        """A guest on ``bridge``; None when attached, else why it could not be."""
+        port = f"g{vlan}"
+        with self.ns.iproute() as ipr:
+            if not ipr.link_lookup(ifname=bridge):
+                return f"no bridge {bridge}"
+        veth_pair(self.ns, port, guest_ns, "eth0")
+        if self.ovs is not None:
+            no_offload(self.ns, port)
+            no_offload(guest_ns, "eth0")
+            try:
+                self.ovs.vsctl("add-port", bridge, port)
+            except Exception as exc:
+                return f"cannot add {port} to {bridge}: {exc}"
+        else:
+            with self.ns.iproute() as ipr:
+                (br,) = ipr.link_lookup(ifname=bridge)
+                (idx,) = ipr.link_lookup(ifname=port)
+                ipr.link("set", index=idx, master=br)
+        with guest_ns.iproute() as ipr:
+            (idx,) = ipr.link_lookup(ifname="eth0")
+            for a in (address, probe):
+                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        self.guests[vlan] = Guest(guest_ns, vlan, bridge, address, probe)
+        return None

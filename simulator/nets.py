@@ -1,0 +1,413 @@
+"""The nets file: one simulated data centre (VLANs, switch, broker, hosts, desired state, intent).
+
+Pure data. ``load_net(path)`` parses YAML into a strict, frozen model whose errors name the
+field; ``Net.layout()`` derives everything the simulator builds (addresses, documents, what
+must reach what) so the builders and the checks never re-derive it differently.
+
+The *expectation* comes from the seed's layout (``vlans`` + ``expect``), never from the host
+overlays: a host whose overlay puts a bridge on the wrong VLAN is a fault the checks must
+find, not a new truth.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bootstrap.errors import InvalidDocument
+from bootstrap.model.document import API_VERSION, Document, effective_spec, invalid_from
+from bootstrap.model.merge import deep_merge
+from bootstrap.model.spec import FieldError, Spec
+
+__all__ = [
+    "HostLayout",
+    "Layout",
+    "Net",
+    "load_net",
+    "parse_net",
+]
+
+HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+VlanId = Annotated[int, Field(ge=1, le=4094)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Backend = Literal["native", "openvswitch"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Vlan(_Strict):
+    id: VlanId
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None = None
+    traffic: tuple[
+        Literal["management", "provisioning", "public", "private", "guest", "storage"], ...
+    ] = ()
+
+    @model_validator(mode="after")
+    def _gateway_inside(self) -> Vlan:
+        if self.gateway is not None and self.gateway not in self.subnet:
+            raise FieldError(("gateway",), f"gateway {self.gateway} is outside {self.subnet}")
+        return self
+
+
+class Switch(_Strict):
+    """A top-of-rack switch: host ports are trunks, the broker sits on an access port."""
+
+    kind: Literal["ovs", "linux"] = "ovs"
+    trunk_vlans: tuple[VlanId, ...]
+    native_vlan: VlanId | None = None
+
+
+class Broker(_Strict):
+    vlan: VlanId
+    address: ipaddress.IPv4Interface
+    port: Port = 1883
+
+
+class Install(_Strict):
+    """What the installer left on a host (the first contact).
+
+    ``untagged``: an address from the switch's native (provisioning) VLAN on the bare
+    uplink, routed to the broker by the gateway; the first rollout moves the host onto its
+    management address on the tagged management VLAN. ``vlan``: the management address is
+    already on ``<uplink>.<vlan>`` (kickstart did it; needs 8021q).
+    """
+
+    management: Literal["untagged", "vlan"] = "untagged"
+
+
+class HostEntry(_Strict):
+    name: str = Field(pattern=HOST_NAME.pattern)
+    roles: tuple[str, ...] = ("kvm",)
+    backend: Backend = "native"
+    uplink: str = "eth0"
+    address: ipaddress.IPv4Interface | None = None
+    install: Install | None = None
+
+
+class HostCount(_Strict):
+    count: Annotated[int, Field(ge=1, le=240)]
+    prefix: str = Field(default="kvm", pattern=r"^[a-z][a-z0-9-]{0,9}$")
+    roles: tuple[str, ...] = ("kvm",)
+    backend: Backend = "native"
+
+
+class RoleDoc(_Strict):
+    version: Annotated[int, Field(ge=1)] = 1
+    spec: dict[str, Any]
+
+
+class HostOverlay(_Strict):
+    version: Annotated[int, Field(ge=1)] = 1
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
+class Desired(_Strict):
+    roles: dict[str, RoleDoc]
+    hosts: dict[str, HostOverlay] = Field(default_factory=dict)
+
+
+class Migration(_Strict):
+    source: str | None = None
+    target: str | None = None
+    port: Port = 49200
+    blocked_port: Port = 49300
+
+
+class Expect(_Strict):
+    """The intent the checks hold the fleet to."""
+
+    reach: tuple[VlanId, ...] | None = None  # VLANs every host reaches every host on
+    isolated: bool = True  # frames of one VLAN never appear on another
+    ports: bool = True
+    peers: Literal["all", "ring"] | None = None  # default: all up to 8 hosts, ring beyond
+    migration: Migration | None = Migration()
+
+
+class Net(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    vlans: tuple[Vlan, ...]
+    switch: Switch
+    broker: Broker
+    install: Install = Install()
+    hosts: tuple[HostEntry, ...] | HostCount
+    desired: Desired
+    expect: Expect = Expect()
+    converge_timeout: Annotated[float, Field(gt=0)] = 120.0
+
+    @model_validator(mode="after")
+    def _cross(self) -> Net:
+        ids = [v.id for v in self.vlans]
+        for i, vid in enumerate(ids):
+            if vid in ids[:i]:
+                raise FieldError(("vlans", i, "id"), f"duplicate VLAN {vid}")
+        for i, vid in enumerate(self.switch.trunk_vlans):
+            if vid not in ids:
+                raise FieldError(("switch", "trunk_vlans", i), f"VLAN {vid} is not in vlans")
+        if self.switch.native_vlan is not None and self.switch.native_vlan not in ids:
+            raise FieldError(("switch", "native_vlan"), "not in vlans")
+        if self.broker.vlan not in ids:
+            raise FieldError(("broker", "vlan"), f"VLAN {self.broker.vlan} is not in vlans")
+        if self.broker.address.ip not in self.vlan(self.broker.vlan).subnet:
+            raise FieldError(("broker", "address"), "outside the broker VLAN's subnet")
+        untagged = any((e.install or self.install).management == "untagged" for e in self.entries())
+        native = self.switch.native_vlan
+        if untagged and (native is None or self.vlan(native).gateway is None):
+            raise FieldError(
+                ("switch", "native_vlan"),
+                "hosts installed untagged need a native (provisioning) VLAN with a gateway",
+            )
+        if untagged and native == self.broker.vlan:
+            raise FieldError(
+                ("switch", "native_vlan"),
+                f"the native VLAN cannot be the management VLAN {native}: the switch sends "
+                "it untagged, so a host could never move onto the tagged management VLAN",
+            )
+        names = self.host_names()
+        if len(set(names)) != len(names):
+            raise FieldError(("hosts",), "duplicate host names")
+        for name in self.desired.hosts:
+            if name not in names:
+                raise FieldError(("desired", "hosts", name), "no such host")
+        if isinstance(self.hosts, tuple):
+            for i, h in enumerate(self.hosts):
+                for role in h.roles:
+                    if role not in self.desired.roles:
+                        raise FieldError(("hosts", i, "roles"), f"role {role!r} is not desired")
+        if self.expect.reach is not None:
+            for i, vid in enumerate(self.expect.reach):
+                if vid not in ids:
+                    raise FieldError(("expect", "reach", i), f"VLAN {vid} is not in vlans")
+        if (m := self.expect.migration) is not None:
+            for key in ("source", "target"):
+                value = getattr(m, key)
+                if value is not None and value not in names:
+                    raise FieldError(("expect", "migration", key), f"no host {value!r}")
+        return self
+
+    def vlan(self, vid: int) -> Vlan:
+        return next(v for v in self.vlans if v.id == vid)
+
+    def host_names(self) -> list[str]:
+        if isinstance(self.hosts, HostCount):
+            width = len(str(self.hosts.count))
+            return [f"{self.hosts.prefix}{i + 1:0{width}d}" for i in range(self.hosts.count)]
+        return [h.name for h in self.hosts]
+
+    def entries(self) -> list[HostEntry]:
+        if isinstance(self.hosts, HostCount):
+            c = self.hosts
+            return [HostEntry(name=n, roles=c.roles, backend=c.backend) for n in self.host_names()]
+        return list(self.hosts)
+
+    def layout(self) -> Layout:
+        return build_layout(self)
+
+
+@dataclass(frozen=True, slots=True)
+class HostLayout:
+    """One host as built: names, addresses, its documents and its effective spec."""
+
+    index: int
+    name: str
+    backend: Backend
+    uplink: str
+    mgmt: ipaddress.IPv4Interface
+    install_tagged: bool
+    install_address: ipaddress.IPv4Interface  # what the installer left (first contact)
+    install_gateway: ipaddress.IPv4Address | None
+    roles: tuple[str, ...]
+    host_doc: dict[str, Any]
+    spec: Spec
+    bridges: dict[int, str]  # expected VLAN -> bridge name in the seed's layout
+
+    @property
+    def port(self) -> str:
+        """The switch-side port name (short: IFNAMSIZ)."""
+        return f"h{self.index:03d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    net: Net
+    hosts: tuple[HostLayout, ...]
+    role_docs: dict[str, dict[str, Any]]
+    mgmt_vlan: int
+    gateway: ipaddress.IPv4Interface | None
+
+    def routers(self) -> list[tuple[int, list[ipaddress.IPv4Interface]]]:
+        """The gateway namespace's legs: (VLAN, addresses) for every VLAN with a gateway.
+
+        The broker's namespace is the router: the management leg carries the broker's
+        address, a provisioning leg lets freshly installed hosts reach it.
+        """
+        legs = []
+        for v in self.net.vlans:
+            addrs = []
+            if v.id == self.mgmt_vlan:
+                addrs.append(self.net.broker.address)
+            if v.gateway is not None:
+                addrs.append(ipaddress.IPv4Interface(f"{v.gateway}/{v.subnet.prefixlen}"))
+            if addrs:
+                legs.append((v.id, addrs))
+        return legs
+
+    def host(self, name: str) -> HostLayout:
+        return next(h for h in self.hosts if h.name == name)
+
+    def reach_vlans(self) -> list[int]:
+        """Guest VLANs (not management) every host should reach every other host on."""
+        if self.net.expect.reach is not None:
+            return [v for v in self.net.expect.reach if v != self.mgmt_vlan]
+        return sorted({v for h in self.hosts for v in h.bridges})
+
+    def peers(self) -> list[tuple[HostLayout, HostLayout]]:
+        """Ordered (from, to) pairs the pairwise checks test: all, or a ring for big fleets."""
+        mode = self.net.expect.peers or ("all" if len(self.hosts) <= 8 else "ring")
+        hs = self.hosts
+        if len(hs) < 2:
+            return []
+        if mode == "all":
+            return [(a, b) for a in hs for b in hs if a is not b]
+        return [(hs[i], hs[(i + 1) % len(hs)]) for i in range(len(hs))]
+
+
+def _role_bridges(spec: dict[str, Any]) -> dict[int, str]:
+    net = spec.get("network") or {}
+    return {int(b["vlan"]): str(b["name"]) for b in net.get("bridges") or ()}
+
+
+def build_layout(net: Net) -> Layout:
+    mgmt_vlan = net.broker.vlan
+    mvlan = net.vlan(mgmt_vlan)
+    role_docs = {
+        name: {
+            "apiVersion": API_VERSION,
+            "kind": "Role",
+            "name": name,
+            "version": r.version,
+            "spec": r.spec,
+        }
+        for name, r in net.desired.roles.items()
+    }
+    taken = {net.broker.address.ip} | {v.gateway for v in net.vlans if v.gateway}
+    hosts: list[HostLayout] = []
+    for i, entry in enumerate(net.entries()):
+        addr = entry.address or ipaddress.IPv4Interface(
+            f"{mvlan.subnet.network_address + 11 + i}/{mvlan.subnet.prefixlen}"
+        )
+        where: tuple[str | int, ...] = ("hosts", i, "address")
+        if addr.ip not in mvlan.subnet or addr.ip == mvlan.subnet.broadcast_address:
+            raise InvalidDocument(f"{addr} is outside {mvlan.subnet}", field=_dotted(where))
+        if addr.ip in taken:
+            raise InvalidDocument(f"{addr.ip} is already used", field=_dotted(where))
+        taken.add(addr.ip)
+        base: dict[str, Any] = {
+            "network": {
+                "backend": entry.backend,
+                "uplink": entry.uplink,
+                "management": {
+                    "vlan": mgmt_vlan,
+                    "address": str(addr),
+                    **({"gateway": str(mvlan.gateway)} if mvlan.gateway else {}),
+                },
+            }
+        }
+        overlay = net.desired.hosts.get(entry.name, HostOverlay())
+        host_doc = {
+            "apiVersion": API_VERSION,
+            "kind": "Host",
+            "name": entry.name,
+            "version": overlay.version,
+            "spec": deep_merge(base, overlay.spec),
+        }
+        docs = [Document.model_validate(role_docs[r]) for r in entry.roles]
+        try:
+            spec = effective_spec([*docs, Document.model_validate(host_doc)])
+        except InvalidDocument as exc:
+            raise InvalidDocument(
+                exc.reason, field=f"desired (host {entry.name}).{exc.field}"
+            ) from exc
+        expected: dict[int, str] = {}
+        for r in entry.roles:
+            expected.update(_role_bridges(net.desired.roles[r].spec))
+        install = entry.install or net.install
+        if install.management == "vlan" or net.switch.native_vlan is None:
+            inst_addr, inst_gw = addr, mvlan.gateway
+        else:
+            pvlan = net.vlan(net.switch.native_vlan)
+            inst_addr = ipaddress.IPv4Interface(
+                f"{pvlan.subnet.network_address + 11 + i}/{pvlan.subnet.prefixlen}"
+            )
+            inst_gw = pvlan.gateway
+        hosts.append(
+            HostLayout(
+                index=i,
+                name=entry.name,
+                backend=entry.backend,
+                uplink=entry.uplink,
+                mgmt=addr,
+                install_tagged=install.management == "vlan",
+                install_address=inst_addr,
+                install_gateway=inst_gw,
+                roles=entry.roles,
+                host_doc=host_doc,
+                spec=spec,
+                bridges=expected,
+            )
+        )
+    gw = (
+        ipaddress.IPv4Interface(f"{mvlan.gateway}/{mvlan.subnet.prefixlen}")
+        if mvlan.gateway
+        else None
+    )
+    return Layout(net, tuple(hosts), role_docs, mgmt_vlan, gw)
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
+
+
+def parse_net(data: object, *, source: str = "nets file") -> Net:
+    """Validate a decoded nets file; the error names the field (``hosts[2].backend``)."""
+    if not isinstance(data, dict):
+        raise InvalidDocument(f"{source} must be a mapping", field="")
+    try:
+        net = Net.model_validate(data)
+    except ValidationError as exc:
+        error = invalid_from(exc)
+        assert error is not None
+        raise error from exc
+    net.layout()  # every host's merged spec must be valid too
+    return net
+
+
+def load_net(path: str | Path) -> Net:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise InvalidDocument(f"cannot read {p}: {exc.strerror}", field="") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidDocument(f"{p} is not YAML: {exc}", field="") from exc
+    return parse_net(data, source=str(p))
+
+
+def needs_8021q(net: Net) -> bool:
+    """Native-backend hosts build VLAN sub-interfaces; so does a tagged install network."""
+    return any(
+        e.backend == "native" or (e.install or net.install).management == "vlan"
+        for e in net.entries()
+    )

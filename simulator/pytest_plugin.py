@@ -1,0 +1,40 @@
+"""pytest plugin (entry point ``csboot_sim``): the ``sim`` fixture.
+
+``fleet = sim("nets/ovs.yaml")`` builds the fleet, rolls the nets file's documents out and
+returns the :class:`Sim` (its rollout rows in ``fleet.rollout_rows``); every fleet the test
+made is torn down afterwards, whatever happened. Relative paths are tried from the current
+directory, then from pytest's rootdir. ``rollout=False`` leaves the fleet as installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from simulator.fleet import Sim
+
+__all__ = ["SimFactory", "sim"]
+
+SimFactory = Callable[..., Sim]
+
+
+@pytest.fixture
+def sim(request: pytest.FixtureRequest) -> Iterator[SimFactory]:
+    made: list[Sim] = []
+
+    def make(net: str | Path, *, rollout: bool = True, timeout: float | None = None) -> Sim:
+        path = Path(net)
+        if not path.exists():
+            path = Path(request.config.rootpath) / net
+        fleet = Sim.create(path)
+        made.append(fleet)
+        fleet.build()
+        if rollout:
+            fleet.rollout(timeout)
+        return fleet
+
+    yield make
+    for fleet in reversed(made):
+        fleet.down()

@@ -1,0 +1,232 @@
+"""The fleet's broker and the rollout through it: credentials, ACLs, publish, wait.
+
+The real mosquitto runs in the broker namespace with one user per host; the ACL lets a host
+read its roles' and its own desired documents and write only its own status and events.
+The simulator's own client (``sim``) publishes and watches from inside the broker namespace
+with mosquitto_pub/mosquitto_sub, so nothing leaves the run's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulator.broker import Mosquitto
+from simulator.hosts import PREFIX
+from simulator.namespaces import Namespace
+from simulator.nets import Broker, Layout
+
+__all__ = ["ADMIN", "BrokerHandle", "acl_text", "attach_broker", "start_broker", "wait_converged"]
+
+ADMIN = "sim"
+TERMINAL = ("failed", "rolled_back", "rejected")
+
+
+def acl_text(layout: Layout, prefix: str = PREFIX) -> str:
+    """Per-host ACL: read roles + own desired, write own status/events; admin does all."""
+    lines = [f"user {ADMIN}", f"topic readwrite {prefix}/#", ""]
+    for h in layout.hosts:
+        lines.append(f"user {h.name}")
+        lines += [f"topic read {prefix}/roles/{r}/desired" for r in h.roles]
+        lines += [
+            f"topic read {prefix}/hosts/{h.name}/desired",
+            f"topic readwrite {prefix}/hosts/{h.name}/status",
+            f"topic write {prefix}/hosts/{h.name}/events",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class BrokerHandle:
+    ns: Namespace
+    directory: Path
+    address: str
+    port: int
+    admin_password: str
+    passwords: dict[str, str] = field(default_factory=dict)
+    mosquitto: Mosquitto | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.address}:{self.port}"
+
+    def _auth(self) -> list[str]:
+        return ["-h", self.address, "-p", str(self.port), "-u", ADMIN, "-P", self.admin_password]
+
+    def publish(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish retained, QoS 1, over ONE connection from inside the broker namespace.
+
+        One connection makes a whole fleet's documents land within milliseconds, so an
+        agent's debounce sees its host overlay and its roles together, never a role alone
+        (one mosquitto_pub per document took seconds for 100 hosts, and agents applied the
+        role without the overlay that picks their backend).
+        """
+        outbox = self.directory / "outbox.json"
+        outbox.write_text(json.dumps([{"topic": t, "payload": p} for t, p in messages]))
+        outbox.chmod(0o600)
+        done = self.ns.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("publish.py")),
+                self.address,
+                str(self.port),
+                ADMIN,
+                self.admin_password,
+                str(outbox),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"publishing the documents failed: {done.stderr.strip()[-300:]}")
+
+    def publish_documents(self, layout: Layout, prefix: str = PREFIX) -> None:
+        """Host overlays first, then roles: whichever an agent sees first is never a role
+        without the overlay that completes it."""
+        messages = [(f"{prefix}/hosts/{h.name}/desired", h.host_doc) for h in layout.hosts]
+        messages += [(f"{prefix}/roles/{n}/desired", d) for n, d in layout.role_docs.items()]
+        self.publish(messages)
+
+    def watch(self, prefix: str = PREFIX) -> subprocess.Popen[str]:
+        """Every host's retained and live status, one ``topic hexpayload`` line each."""
+        return self.ns.popen(
+            [
+                "mosquitto_sub",
+                *self._auth(),
+                "-q",
+                "1",
+                "-t",
+                f"{prefix}/hosts/+/status",
+                "-F",
+                "%t %x",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def stop(self) -> None:
+        if self.mosquitto is not None:
+            self.mosquitto.stop()
+
+
+def start_broker(ns: Namespace, directory: Path, spec: Broker, layout: Layout) -> BrokerHandle:
+    passwords = {h.name: secrets.token_urlsafe(12) for h in layout.hosts}
+    admin = secrets.token_urlsafe(12)
+    handle = BrokerHandle(ns, directory, str(spec.address.ip), spec.port, admin, passwords)
+    handle.mosquitto = Mosquitto(
+        directory,
+        host=str(spec.address.ip),
+        port=spec.port,
+        users={ADMIN: admin, **passwords},
+        acl=acl_text(layout),
+        allow_anonymous=False,
+        namespace=ns,
+    ).start()
+    return handle
+
+
+def attach_broker(
+    ns: Namespace, directory: Path, spec: Broker, _layout: Layout, admin_password: str
+) -> BrokerHandle:
+    """The broker of a run started by another process (``csboot-sim check``)."""
+    return BrokerHandle(ns, directory, str(spec.address.ip), spec.port, admin_password)
+
+
+def _expected(layout: Layout) -> dict[str, dict[str, Any]]:
+    return {
+        h.name: {
+            "roles": {r: layout.role_docs[r]["version"] for r in h.roles},
+            "host": h.host_doc["version"],
+        }
+        for h in layout.hosts
+    }
+
+
+def _converged(status: dict[str, Any], expected: dict[str, Any]) -> bool:
+    applied = status.get("applied") or {}
+    got = {"roles": applied.get("roles"), "host": applied.get("host")}
+    return status.get("state") == "converged" and got == expected
+
+
+def _statuses(
+    broker: BrokerHandle, hosts: int, deadline: float, is_final: Callable[[str, Any], bool]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(host, status) as they arrive, until every host is final or the deadline passes."""
+    proc = broker.watch()
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    final: set[str] = set()
+    try:
+        while len(final) < hosts and (left := deadline - time.monotonic()) > 0:
+            if not sel.select(min(left, 1.0)):
+                if proc.poll() is not None:
+                    return
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                return
+            topic, _, hexload = line.strip().partition(" ")
+            host = topic.split("/")[-2]
+            try:
+                status = json.loads(bytes.fromhex(hexload))
+            except ValueError:
+                continue
+            yield host, status
+            (final.add if is_final(host, status) else final.discard)(host)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def wait_converged(
+    broker: BrokerHandle, layout: Layout, *, timeout: float, start: float
+) -> list[dict[str, Any]]:
+    """Rows (host, ok, state, detail, seconds) once every host converged, failed for good
+    (failed, rolled_back, rejected: the agent retries only on new documents) or timed out."""
+    expected = _expected(layout)
+    last: dict[str, dict[str, Any]] = {}
+    at: dict[str, float] = {}
+
+    def is_final(host: str, status: dict[str, Any]) -> bool:
+        return _converged(status, expected.get(host, {})) or status.get("state") in TERMINAL
+
+    for host, status in _statuses(broker, len(expected), start + timeout, is_final):
+        last[host] = status
+        at[host] = time.monotonic() - start
+    rows = []
+    for h in layout.hosts:
+        st = last.get(h.name, {})
+        ok = bool(st) and _converged(st, expected[h.name])
+        if ok:
+            detail = f"{len(st.get('changes') or [])} change(s)"
+        elif not st:
+            detail = f"no status within {timeout:g}s"
+        else:
+            err = st.get("error") or {}
+            where = err.get("field") or err.get("resource") or ""
+            msg = err.get("message") or f"applied {st.get('applied')} != {expected[h.name]}"
+            detail = f"{where}: {msg}" if where else msg
+        rows.append(
+            {
+                "host": h.name,
+                "ok": ok,
+                "state": st.get("state", "no status"),
+                "detail": detail,
+                "seconds": round(at.get(h.name, timeout), 2),
+            }
+        )
+    return rows

@@ -1,0 +1,123 @@
+"""End to end: real namespaces, switch, mosquitto, OVS, agents and QEMU (root only).
+
+Each test builds a small fleet through the ``sim`` fixture, which always tears it down.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulator.checks import CheckResult
+from simulator.fleet import STATE_DIR
+from simulator.namespaces import ours
+from simulator.pytest_plugin import SimFactory
+
+pytestmark = [
+    pytest.mark.sim,
+    pytest.mark.root,
+    pytest.mark.ovs,
+    pytest.mark.mqtt,
+    pytest.mark.netns,
+]
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def _by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
+    return {r.name: r for r in results}
+
+
+def _leftovers(marker: str) -> list[str]:
+    """Processes whose command line mentions ``marker`` (a run's work directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmd and state != "Z":
+            found.append(cmd[:120])
+    return found
+
+
+@pytest.mark.qemu
+def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
+    fleet = sim("nets/ovs.yaml")
+    assert [(r.host, r.state) for r in fleet.rollout_rows if not r.ok] == []
+    results = _by_name(fleet.check())
+    assert set(results) == {"reach", "isolation", "ports", "migration"}
+    for result in results.values():
+        assert result.skipped is None, result.name
+        assert result.ok, (result.name, [r for r in result.rows if not r.ok])
+    # the checks really looked: both guest VLANs, every pair, the blocked port
+    assert any("-/->" in r.subject for r in results["reach"].rows)
+    assert len(results["ports"].rows) == 6
+    assert any("outside" in r.subject for r in results["migration"].rows)
+    # the first contact happened: management moved from the provisioning VLAN to mgmt0
+    kvm1 = fleet.hosts["kvm1"]
+    with kvm1.ns.iproute() as ipr:
+        (mgmt0,) = ipr.link_lookup(ifname="mgmt0")
+        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=mgmt0)]
+    assert "192.168.42.11" in addrs
+
+
+def test_broken_net_fails_exactly_the_right_checks(sim: SimFactory) -> None:
+    fleet = sim(HERE / "broken.yaml")
+    assert all(r.ok for r in fleet.rollout_rows), fleet.rollout_rows  # faults apply fine
+    results = _by_name(fleet.check(["reach", "isolation", "ports"]))
+    assert not results["reach"].ok
+    assert results["reach"].hosts == ["kvm2"]  # cloudbr1 on VLAN 301
+    assert {r.group for r in results["reach"].failed} == {"vlan 300"}
+    assert not results["ports"].ok
+    assert results["ports"].hosts == ["kvm3"]  # no 49200
+    assert [r.detail for r in results["ports"].failed] == ["closed: 49200"] * 2
+    assert results["isolation"].ok
+
+
+def test_down_after_a_crash_leaves_nothing(tmp_path: Path) -> None:
+    """`up` exits leaving its daemons behind (as a crash would); `down` finds them all."""
+    net = yaml.safe_load((REPO / "nets/ovs.yaml").read_text())
+    net["name"] = "crash"
+    net["hosts"] = net["hosts"][:2]
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(net))
+    cli = [sys.executable, "-m", "simulator.cli"]
+    up = subprocess.run(
+        [*cli, "up", str(path), "--json"], capture_output=True, text=True, timeout=180, check=False
+    )
+    report = json.loads(up.stdout)
+    run = report["run"]
+    try:
+        assert up.returncode == 0, report
+        state = json.loads((STATE_DIR / f"{run}.json").read_text())
+        workdir = state["workdir"]
+        assert len(ours(run)) == 4  # switch, broker, two hosts
+        assert _leftovers(workdir)  # mosquitto, ovsdb-server, ovs-vswitchd, agents
+        down = subprocess.run(
+            [*cli, "down", "--run", run], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert down.returncode == 0, down.stderr
+        assert ours(run) == []
+        assert _leftovers(workdir) == []
+        assert not Path(workdir).exists()
+        assert not (STATE_DIR / f"{run}.json").exists()
+    finally:
+        subprocess.run([*cli, "down", "--run", run], capture_output=True, timeout=120, check=False)
+
+
+@pytest.mark.fullkernel
+@pytest.mark.qemu
+def test_mixed_net_passes(sim: SimFactory) -> None:
+    fleet = sim("nets/mixed.yaml")
+    assert [(r.host, r.detail) for r in fleet.rollout_rows if not r.ok] == []
+    failed = [(r.name, r.hosts) for r in fleet.check() if not r.ok]
+    assert failed == []
