@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -132,10 +131,6 @@ class Sim:
 
     def build(self) -> None:
         t0 = time.monotonic()
-        if os.environ.get("CSBOOT_FULLKERNEL") == "1":
-            # The VM's kernel has tun as a module; OVS's netdev datapath needs it for its
-            # internal ports (mgmt0, cloudbr0). Only ever inside the throwaway VM.
-            subprocess.run(["modprobe", "-q", "tun"], check=False)
         self.switch_ns = self._ns("switch")
         self.fabric = Fabric.build(self.switch_ns, self.workdir / "switch", self.net.switch)
         self.broker_ns = self._ns("broker")

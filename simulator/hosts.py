@@ -13,14 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulator.fabric import Fabric, no_offload
 from simulator.namespaces import Namespace, veth_pair
 from simulator.nets import HostLayout
-from simulator.ovs import OvsDaemons, OvsError
+from simulator.ovs import OvsDaemons
 
 __all__ = ["Guest", "SimHost", "agent_toml"]
 
@@ -44,19 +43,6 @@ def agent_toml(
         f'username = "{host}"\n'
         f'password_file = "{password_file}"\n'
     )
-
-
-def _start_ovs(root: Path, ns: Namespace, attempts: int = 3) -> OvsDaemons:
-    """OVS daemons for a host; a start that loses a race on a busy machine is retried
-    (ovsdb-server's socket file can exist a moment before it accepts connections)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return OvsDaemons(root, ns).start()
-        except OvsError:
-            if attempt == attempts:
-                raise
-            time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +103,7 @@ class SimHost:
                 # metric 100, as DHCP (NetworkManager, dhclient) leaves it on an installed host
                 ipr.route("add", dst="0.0.0.0/0", gateway=str(layout.install_gateway), priority=100)
         if layout.backend == "openvswitch":
-            host.ovs = _start_ovs(root, ns)
+            host.ovs = OvsDaemons(root, ns).start()
         return host
 
     # -- the agent ------------------------------------------------------------------------

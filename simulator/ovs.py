@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -110,7 +111,8 @@ class OvsDaemons:
                 f"--unixctl={self.ctl('ovsdb-server')}",
                 f"--log-file={self.log('ovsdb-server')}",
             )
-            self._wait_for(self.socket.exists, "ovsdb-server")
+            # the socket file appears a moment before ovsdb-server accepts on it
+            self._wait_for(lambda: _accepts(self.socket), "ovsdb-server")
             self.vsctl("--no-wait", "init")
             self._spawn(
                 "ovs-vswitchd",
@@ -218,3 +220,13 @@ class OvsDaemons:
             return " | ".join(path.read_text(errors="replace").splitlines()[-5:])
         except OSError:
             return "(no log)"
+
+
+def _accepts(path: Path) -> bool:
+    """True once something accepts connections on the unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True

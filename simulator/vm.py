@@ -34,7 +34,7 @@ __all__ = ["Kernel", "find_kernel", "run_in_vm", "unavailable", "vng_argv"]
 BOOT = Path("/boot")
 MODULES = Path("/lib/modules")
 #: the modules the full-kernel tests rely on, loaded before the command runs
-GUEST_MODULES = ("8021q", "bridge", "veth")
+GUEST_MODULES = ("8021q", "bridge", "veth", "tun")  # tun: OVS netdev internal ports
 RC_FILE = "exit-code"
 
 
