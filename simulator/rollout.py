@@ -1,7 +1,8 @@
 """The fleet's broker and the rollout through it: credentials, ACLs, publish, wait.
 
-The real mosquitto runs in the broker namespace with one user per host; the ACL lets a host
-read its roles' and its own desired documents and write only its own status and events.
+The real mosquitto runs in the broker namespace with one user per host and the ACL that
+``csboot broker-acl`` writes (bootstrap.fleet.acl): a host reads its roles' and its own
+desired documents and writes only its own status and events.
 The simulator's own client (``sim``) publishes and watches from inside the broker namespace
 with mosquitto_pub/mosquitto_sub, so nothing leaves the run's namespaces.
 """
@@ -19,30 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootstrap.fleet.acl import Account, Inventory, acl_text
 from simulator.broker import Mosquitto
 from simulator.hosts import PREFIX
 from simulator.namespaces import Namespace
 from simulator.nets import Broker, Layout
 
-__all__ = ["ADMIN", "BrokerHandle", "acl_text", "attach_broker", "start_broker", "wait_converged"]
+__all__ = ["ADMIN", "BrokerHandle", "attach_broker", "inventory", "start_broker", "wait_converged"]
 
 ADMIN = "sim"
 TERMINAL = ("failed", "rolled_back", "rejected")
 
 
-def acl_text(layout: Layout, prefix: str = PREFIX) -> str:
-    """Per-host ACL: read roles + own desired, write own status/events; admin does all."""
-    lines = [f"user {ADMIN}", f"topic readwrite {prefix}/#", ""]
-    for h in layout.hosts:
-        lines.append(f"user {h.name}")
-        lines += [f"topic read {prefix}/roles/{r}/desired" for r in h.roles]
-        lines += [
-            f"topic read {prefix}/hosts/{h.name}/desired",
-            f"topic readwrite {prefix}/hosts/{h.name}/status",
-            f"topic write {prefix}/hosts/{h.name}/events",
-            "",
-        ]
-    return "\n".join(lines)
+def inventory(layout: Layout, passwords: dict[str, str], admin_password: str) -> Inventory:
+    """The fleet as ``csboot broker-acl`` sees it: each host with its roles, one operator."""
+    hosts = tuple(Account(h.name, tuple(h.roles), passwords[h.name]) for h in layout.hosts)
+    return Inventory(PREFIX, hosts, (Account(ADMIN, (), admin_password, operator=True),))
 
 
 @dataclass(slots=True)
@@ -131,7 +124,7 @@ def start_broker(ns: Namespace, directory: Path, spec: Broker, layout: Layout) -
         host=str(spec.address.ip),
         port=spec.port,
         users={ADMIN: admin, **passwords},
-        acl=acl_text(layout),
+        acl=acl_text(inventory(layout, passwords, admin)),
         allow_anonymous=False,
         namespace=ns,
     ).start()
