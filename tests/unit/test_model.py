@@ -201,9 +201,10 @@ json_maps = st.dictionaries(st.text(max_size=3), json_values, max_size=4)
 
 
 def leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Scalars and lists by path. An empty map has none: merged onto a map it changes nothing."""
     out: dict[tuple[str, ...], Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(leaves(value, (*prefix, key)))
         else:
             out[(*prefix, key)] = value
