@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bootstrap.errors import InvalidDocument
-from bootstrap.model.document import API_VERSION, Document, effective_spec, invalid_from
+from bootstrap.model.document import API_VERSION, Document, effective_spec, validated
 from bootstrap.model.merge import deep_merge
 from bootstrap.model.spec import FieldError, Spec
 
@@ -384,12 +384,7 @@ def parse_net(data: object, *, source: str = "nets file") -> Net:
     """Validate a decoded nets file; the error names the field (``hosts[2].backend``)."""
     if not isinstance(data, dict):
         raise InvalidDocument(f"{source} must be a mapping", field="")
-    try:
-        net = Net.model_validate(data)
-    except ValidationError as exc:
-        error = invalid_from(exc)
-        assert error is not None
-        raise error from exc
+    net = validated(Net, data)
     net.layout()  # every host's merged spec must be valid too
     return net
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -137,16 +137,24 @@ def parse_document(raw: bytes | str | Mapping[str, Any]) -> Document:
                 raise InvalidDocument(f"neither JSON nor YAML: {exc}", field="") from exc
     if not isinstance(data, Mapping):
         raise InvalidDocument("a desired document is a JSON object", field="")
-    try:
-        doc = Document.model_validate(data)
-    except ValidationError as exc:
-        error = invalid_from(exc)
-        assert error is not None
-        raise error from exc
+    doc = validated(Document, data)
     if doc.kind == "Role" and not ROLE_NAME.match(doc.name):
         raise InvalidDocument(f"{doc.name!r} is not a valid role name", field="name")
     check_partial_spec(doc.spec, prefix="spec")
     return doc
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], data: object, *, prefix: str = "") -> M:
+    """``model.model_validate(data)``, its first error as :class:`InvalidDocument`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = invalid_from(exc, prefix)
+        assert error is not None  # a ValidationError always carries an error
+        raise error from exc
 
 
 def check_partial_spec(raw: Mapping[str, Any], *, prefix: str = "spec") -> None:
@@ -164,12 +172,7 @@ def check_partial_spec(raw: Mapping[str, Any], *, prefix: str = "spec") -> None:
 
 
 def validate_spec(raw: Mapping[str, Any], *, prefix: str = "spec") -> Spec:
-    try:
-        return Spec.model_validate(raw)
-    except ValidationError as exc:
-        error = invalid_from(exc, prefix)
-        assert error is not None  # a ValidationError always carries an error
-        raise error from exc
+    return validated(Spec, raw, prefix=prefix)
 
 
 def effective_spec(documents: Sequence[Document]) -> Spec:
