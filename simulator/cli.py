@@ -1,5 +1,6 @@
 """``csboot-sim up|check|down|demo NET [--json]``: exit 0 every check passed, 1 a check
-(or the rollout) failed, 2 the fleet could not be built.
+(or the rollout) failed, 2 the fleet could not be built. ``csboot-sim csboot rollout|status
+ARGS`` runs the fleet tool as the run's operator inside its broker namespace (its exit code).
 
 ``demo`` is up + rollout + check + report + down, and always downs. Nets with native-backend
 hosts need 8021q; on a kernel without it, ``demo`` runs itself once inside the full-kernel VM
@@ -83,6 +84,21 @@ def cmd_down(args: argparse.Namespace) -> int:
         removed = down_run(run)
         _say(f"removed {len(removed)} namespace(s): {' '.join(removed) or '-'}", args.json)
     return EXIT_OK
+
+
+def cmd_csboot(args: argparse.Namespace) -> int:
+    """``csboot COMMAND ...`` in a running fleet's broker namespace as its operator."""
+    try:
+        sim = Sim.attach(args.run)
+    except (SimError, BootstrapError) as exc:
+        print(f"csboot-sim: {exc}", file=sys.stderr)
+        return EXIT_BUILD
+    proc = sim.csboot(args.tool_command, *args.tool_args, stdout=None, stderr=None)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
 
 
 def run_demo(net_path: str, as_json: bool) -> int:
@@ -179,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--native", action="store_true", help="never use the full-kernel VM")
     de.add_argument("--vm-timeout", type=float, default=900.0)
     de.set_defaults(handler=cmd_demo)
+    cs = sub.add_parser(
+        "csboot", help="run `csboot rollout|status ...` in a fleet's broker namespace as operator"
+    )
+    cs.add_argument("--run", help="run id (default: the latest)")
+    cs.add_argument("tool_command", metavar="COMMAND", choices=["rollout", "status"])
+    cs.add_argument("tool_args", metavar="ARGS", nargs=argparse.REMAINDER)
+    cs.set_defaults(handler=cmd_csboot)
     for sp in (up, ck, dn, de):
         sp.add_argument("--json", action="store_true", help="machine-readable report")
     return p

@@ -15,6 +15,8 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -181,6 +183,21 @@ class Sim:
         self.timings["rollout"] = time.monotonic() - t0
         self.rollout_rows = [RolloutRow(**r) for r in rows]
         return self.rollout_rows
+
+    def csboot(self, command: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+        """``csboot COMMAND ARGS`` (``rollout``, ``status``) as a process inside the broker
+        namespace, connected as the operator: nothing leaves the run's namespaces, and the
+        fleet tools do the publishing and waiting. Output is piped (text) unless overridden."""
+        assert self.broker_ns is not None and self.broker is not None
+        conf = self.broker.operator_config()
+        argv = [str(Path(sys.executable).with_name("csboot")), command, *args, "-c", str(conf)]
+        kwargs: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.STDOUT,
+            "text": True,
+        }
+        return self.broker_ns.popen(argv, **(kwargs | popen))
 
     # -- checks -----------------------------------------------------------------------
 

@@ -110,6 +110,19 @@ class BrokerHandle:
             text=True,
         )
 
+    def operator_config(self, prefix: str = PREFIX) -> Path:
+        """A controller TOML (``csboot rollout|status -c``) for the operator ``sim``: the
+        fleet tools then reach this broker exactly as an operator's machine would."""
+        secret = self.directory / "operator.pass"
+        secret.write_text(self.admin_password + "\n")
+        secret.chmod(0o600)
+        conf = self.directory / "operator.toml"
+        conf.write_text(
+            f'broker = "{self.url}"\nprefix = "{prefix}"\n'
+            f'\n[auth]\nusername = "{ADMIN}"\npassword_file = "{secret}"\n'
+        )
+        return conf
+
     def stop(self) -> None:
         if self.mosquitto is not None:
             self.mosquitto.stop()
