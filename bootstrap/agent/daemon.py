@@ -94,10 +94,14 @@ class Agent:
             item = await self._events.get()
             payload = json.dumps(item, default=str).encode()
             try:
-                # across a reconnect (e.g. the will renewal after an apply) wait a little
+                # Across a reconnect (e.g. the will renewal after every apply) retry for a
+                # while: a publish can fail while the old connection is being torn down.
                 async with asyncio.timeout(5):
-                    await self.session.connected.wait()
-                await self.session.publish(self.topics.events, payload, retain=False)
+                    while True:
+                        await self.session.connected.wait()
+                        if await self.session.publish(self.topics.events, payload, retain=False):
+                            break
+                        await asyncio.sleep(0.05)
             except TimeoutError:
                 pass  # offline: progress events are not retained, so not queued either
             finally:

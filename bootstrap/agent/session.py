@@ -91,6 +91,7 @@ class Session:
         self.connected = asyncio.Event()
         self.connects = 0
         self._renew = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
 
     def _client_for(self, broker: Broker, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
         auth = self.config.auth
@@ -157,6 +158,10 @@ class Session:
             finally:
                 self.connected.clear()
                 self._client = None
+                # A QoS 1 publish still waiting for its PUBACK would wait forever on a
+                # closed connection: fail it, so the caller can retry on the next one.
+                for task in list(self._inflight):
+                    task.cancel()
 
     async def _deliver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -191,12 +196,20 @@ class Session:
             await asyncio.sleep(delay)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> bool:
-        """QoS 1; False when not connected or the broker went away meanwhile."""
+        """QoS 1; False when not connected or the connection closed before the PUBACK."""
         client = self._client
         if client is None:
             return False
+        task = asyncio.create_task(client.publish(topic, payload, qos=1, retain=retain))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
         try:
-            await client.publish(topic, payload, qos=1, retain=retain)
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are cancelled ourselves, not the publish by a closed connection
+            return False
         except aiomqtt.MqttError as exc:
             log.debug("publish to %s failed: %s", topic, exc)
             return False
