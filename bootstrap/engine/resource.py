@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import TypeAdapter
 
-Action = Literal["create", "modify", "delete", "restart"]
+Action = Literal["create", "modify", "delete", "restart", "adopt"]
 S = TypeVar("S")
 
 
@@ -31,7 +31,11 @@ class Change:
         return {"resource": self.resource, "action": self.action, "detail": self.detail}
 
     def __str__(self) -> str:
-        sign = {"create": "+", "delete": "-", "modify": "~", "restart": "↻"}[self.action]
+        sign = {"create": "+", "delete": "-", "modify": "~", "restart": "↻", "adopt": "@"}[
+            self.action
+        ]
+        if self.action == "adopt":
+            return f"@ adopt {self.resource}" + (f": {self.detail}" if self.detail else "")
         return f"{sign} {self.resource}" + (f": {self.detail}" if self.detail else "")
 
 

@@ -16,6 +16,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     WithJsonSchema,
     field_validator,
     model_serializer,
@@ -28,7 +30,8 @@ IFNAMSIZ = 15
 # CloudStack's agent finds the physical port of a bridge by these name prefixes
 # (LibvirtComputingResource.ifNamePatterns); a port it cannot recognise breaks it.
 CLOUDSTACK_NIC_PATTERN = re.compile(r"^(eth|bond|vlan|vx|em|ens|eno|enp|team|enx|dummy|p\d+p\d+)")
-_IFNAME_CHARS = re.compile(r"^[A-Za-z0-9_.:-]+$")
+# ':' is how ifconfig spelt alias addresses (eth0:1): the kernel refuses it in a link name.
+_IFNAME_CHARS = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 SEED_ALLOW_TCP: tuple[int | str, ...] = (22, 1798, 16509, 16514, "5900-6100", "49152-49216")
 
@@ -53,8 +56,9 @@ def _nic_name(value: str) -> str:
 
 IfName = Annotated[str, AfterValidator(_ifname)]
 NicName = Annotated[str, AfterValidator(_nic_name)]
-VlanId = Annotated[int, Field(ge=1, le=4094)]
-Port = Annotated[int, Field(ge=1, le=65535)]
+VlanId = Annotated[StrictInt, Field(ge=1, le=4094)]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Mtu = Annotated[StrictInt, Field(ge=68, le=65535)]
 
 
 class FieldError(ValueError):
@@ -102,7 +106,7 @@ def _port_fields(value: object) -> object:
         return {"first": value, "last": value}
     if isinstance(value, str):
         parts = value.strip().split("-")
-        if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+        if len(parts) in (1, 2) and all(p.strip().isascii() and p.strip().isdigit() for p in parts):
             return {"first": int(parts[0]), "last": int(parts[-1])}
         raise ValueError(f"{value!r} is not a port or a 'first-last' range")
     return value
@@ -140,7 +144,13 @@ class Cpu(Strict):
 
 
 class Management(Strict):
-    """The host's management address; ``vlan: null`` puts it untagged on the uplink."""
+    """The host's management address: CloudStack's *private* network.
+
+    It sits on the bridge whose ``traffic`` lists ``management``; that bridge becomes
+    ``private.network.device``. ``vlan`` is the older spelling: with no bridge carrying
+    management, it implies one (``openvswitch.management_bridge``, ``mgmt0`` by default) on
+    that VLAN, or untagged on the uplink when null.
+    """
 
     vlan: VlanId | None = None
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -148,6 +158,13 @@ class Management(Strict):
 
     @model_validator(mode="after")
     def _gateway_in_subnet(self) -> Management:
+        if self.address.version != 4:
+            raise FieldError(
+                ("address",),
+                "CloudStack's agent takes the host's IPv4 address from private.network.device "
+                "(ServerResourceBase: 'Incorrect details for private Nic' without one); "
+                "the management address must be IPv4",
+            )
         if self.gateway is not None and self.gateway not in self.address.network:
             raise FieldError(
                 ("gateway",),
@@ -156,16 +173,45 @@ class Management(Strict):
         return self
 
 
-Traffic = Literal["public", "private", "guest", "storage"]
+TRAFFIC_TYPES = ("management", "public", "guest", "storage")
+"""CloudStack's traffic types a bridge can carry; each but storage maps to one device key."""
+
+
+def _traffic(value: str) -> str:
+    if value == "private":
+        raise ValueError(
+            "'private' is ambiguous: in CloudStack's words the private network is the "
+            "management network (write 'management' on the bridge that holds the host's "
+            "address: it becomes private.network.device); the instances' own network is "
+            "'guest' (guest.network.device)"
+        )
+    if value not in TRAFFIC_TYPES:
+        raise ValueError(f"unknown traffic type {value!r}; one of {', '.join(TRAFFIC_TYPES)}")
+    return value
+
+
+Traffic = Annotated[str, AfterValidator(_traffic), WithJsonSchema({"enum": list(TRAFFIC_TYPES)})]
 
 
 class Bridge(Strict):
+    """A bridge CloudStack uses: on ``uplink`` (default: the network's), tagged ``vlan`` or
+    untagged when ``vlan`` is null."""
+
     name: IfName
-    vlan: VlanId
+    vlan: VlanId | None = None
+    uplink: NicName | None = None
     traffic: tuple[Traffic, ...] = ()
-    stp: bool = False
-    forward_delay: Annotated[int, Field(ge=0, le=30)] = 5
-    mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
+    stp: StrictBool = False
+    forward_delay: Annotated[StrictInt, Field(ge=0, le=30)] = 5
+    mtu: Mtu | None = None
+
+    @field_validator("traffic")
+    @classmethod
+    def _unique_traffic(cls, traffic: tuple[str, ...]) -> tuple[str, ...]:
+        for i, t in enumerate(traffic):
+            if t in traffic[:i]:
+                raise FieldError((i,), f"traffic {t!r} is listed twice")
+        return traffic
 
 
 class OpenVSwitch(Strict):
@@ -177,60 +223,146 @@ class OpenVSwitch(Strict):
 class Network(Strict):
     backend: Literal["native", "openvswitch"] = "native"
     uplink: NicName
-    mtu: Annotated[int, Field(ge=68, le=65535)] = 1500
+    mtu: Mtu = 1500
     management: Management | None = None
     bridges: tuple[Bridge, ...] = ()
     openvswitch: OpenVSwitch = OpenVSwitch()
 
     @field_validator("bridges")
     @classmethod
-    def _unique_bridges(cls, bridges: tuple[Bridge, ...]) -> tuple[Bridge, ...]:
-        seen_names: set[str] = set()
-        seen_vlans: set[int] = set()
+    def _unique_names(cls, bridges: tuple[Bridge, ...]) -> tuple[Bridge, ...]:
+        seen: set[str] = set()
         for i, bridge in enumerate(bridges):
-            if bridge.name in seen_names:
+            if bridge.name in seen:
                 raise FieldError((i, "name"), f"duplicate bridge {bridge.name!r}")
-            if bridge.vlan in seen_vlans:
-                raise FieldError((i, "vlan"), f"duplicate VLAN {bridge.vlan} ({bridge.name!r})")
-            seen_names.add(bridge.name)
-            seen_vlans.add(bridge.vlan)
+            seen.add(bridge.name)
         return bridges
 
     @model_validator(mode="after")
     def _cross_rules(self) -> Network:
-        vlans = {b.vlan: b.name for b in self.bridges}
-        if self.management and self.management.vlan in vlans:
-            raise FieldError(
-                ("management", "vlan"),
-                f"duplicate VLAN {self.management.vlan}: management and "
-                f"bridge {vlans[self.management.vlan]!r}",
-            )
-        names = {b.name for b in self.bridges}
-        if self.uplink in names:
-            raise FieldError(("uplink",), f"the uplink {self.uplink!r} cannot also be a bridge")
-        if self.backend == "native":
-            for vlan in self.vlans():
-                sub = f"{self.uplink}.{vlan}"
-                if len(sub) > IFNAMSIZ:
-                    raise FieldError(
-                        ("uplink",),
-                        f"VLAN sub-interface {sub!r} is longer than {IFNAMSIZ} characters",
-                    )
-        else:
-            ovs = self.openvswitch
-            reserved = {ovs.bridge, ovs.management_bridge, self.uplink}
-            if len(reserved) != 3:
-                raise FieldError(
-                    ("openvswitch",), "bridge, management_bridge and uplink must differ"
-                )
-            if clash := names & {ovs.bridge, ovs.management_bridge}:
-                raise FieldError(("bridges",), f"duplicate bridge {sorted(clash)[0]!r}")
+        _check_network(self)
         return self
+
+    # -- derived views (pure) -------------------------------------------------------------
+
+    def implied_management_bridge(self) -> Bridge | None:
+        """The bridge the older ``management.vlan`` spelling implies, if it is used."""
+        if self.management is None or any("management" in b.traffic for b in self.bridges):
+            return None
+        return Bridge(
+            name=self.openvswitch.management_bridge,
+            vlan=self.management.vlan,
+            traffic=("management",),
+        )
+
+    def all_bridges(self) -> tuple[Bridge, ...]:
+        """Every bridge this host gets, the implied management bridge first."""
+        implied = self.implied_management_bridge()
+        return ((implied,) if implied else ()) + self.bridges
+
+    def uplink_of(self, bridge: Bridge) -> str:
+        return bridge.uplink or self.uplink
+
+    def uplinks(self) -> tuple[str, ...]:
+        """Every NIC a bridge sits on, the network's own first."""
+        out = [self.uplink]
+        for b in self.bridges:
+            if (u := self.uplink_of(b)) not in out:
+                out.append(u)
+        return tuple(out)
+
+    def port_name(self, bridge: Bridge) -> str:
+        """The link a native bridge enslaves: the NIC itself, or its VLAN sub-interface."""
+        uplink = self.uplink_of(bridge)
+        return uplink if bridge.vlan is None else f"{uplink}.{bridge.vlan}"
+
+    def device(self, traffic: str) -> Bridge | None:
+        """The bridge carrying ``traffic`` (``management`` = CloudStack's private device)."""
+        return next((b for b in self.all_bridges() if traffic in b.traffic), None)
 
     def vlans(self) -> list[int]:
         """Every tagged VLAN this host carries, management first."""
-        mgmt = [self.management.vlan] if self.management and self.management.vlan else []
-        return mgmt + [b.vlan for b in self.bridges]
+        return [b.vlan for b in self.all_bridges() if b.vlan is not None]
+
+
+def _check_network(net: Network) -> None:
+    """The cross-field rules of ``spec.network``; each error names its field."""
+    implied = net.implied_management_bridge()
+    # (bridge, the field that defined it): the implied bridge is the management section's
+    sources: list[tuple[Bridge, tuple[str | int, ...]]] = []
+    if implied is not None:
+        sources.append((implied, ("management", "vlan")))
+    sources += [(b, ("bridges", i)) for i, b in enumerate(net.bridges)]
+    for traffic in TRAFFIC_TYPES:
+        carriers = [(b, f) for b, f in sources if traffic in b.traffic]
+        if len(carriers) > 1:
+            (_, first), (b, where) = carriers[0], carriers[1]
+            raise FieldError(
+                (*where, "traffic"),
+                f"{traffic!r} is already carried by {carriers[0][0].name!r} ({_dot(first)}): "
+                "CloudStack's agent names one device per traffic type",
+            )
+    for b, where in sources:
+        if "management" in b.traffic and where[0] == "bridges":
+            if net.management is None:
+                raise FieldError(
+                    (*where, "traffic"),
+                    f"bridge {b.name!r} carries management but spec.network.management gives "
+                    "no address: CloudStack's private.network.device must hold the host's "
+                    "IPv4 address",
+                )
+            if net.management.vlan is not None:
+                raise FieldError(
+                    ("management", "vlan"),
+                    f"the management VLAN is bridge {b.name!r}'s own vlan; remove "
+                    "management.vlan (it is the older spelling for a bridge the spec "
+                    "does not list)",
+                )
+    names = {b.name for b, _ in sources}
+    ports: dict[tuple[str, int | None], tuple[str | int, ...]] = {}
+    for b, where in sources:
+        uplink = net.uplink_of(b)
+        key = (uplink, b.vlan)
+        if key in ports:
+            what = f"duplicate VLAN {b.vlan}" if b.vlan is not None else "a second untagged bridge"
+            first = ports[key]
+            if first[0] == "management":  # blame the older spelling, not the listed bridge
+                where, first = first, where
+            raise FieldError(
+                (*where, "vlan") if where[0] == "bridges" else where,
+                f"{what} on {uplink}: already bridged by {_dot(first)}",
+            )
+        ports[key] = where
+        if b.name in net.uplinks():
+            raise FieldError((*where, "name"), f"{b.name!r} is an uplink, not a bridge")
+        if net.backend == "native" and b.vlan is not None:
+            sub = net.port_name(b)
+            if len(sub) > IFNAMSIZ:
+                raise FieldError(
+                    (*where, "uplink") if b.uplink else ("uplink",),
+                    f"VLAN sub-interface {sub!r} is longer than {IFNAMSIZ} characters",
+                )
+            if sub in names:
+                raise FieldError(
+                    (*where, "vlan"), f"{sub!r} is the name of a bridge: pick another name"
+                )
+        if net.backend == "openvswitch" and b.uplink not in (None, net.uplink):
+            raise FieldError(
+                (*where, "uplink"),
+                f"the openvswitch backend trunks one uplink ({net.uplink}) into "
+                f"{net.openvswitch.bridge}; a bridge on a second NIC needs the native backend",
+            )
+    if net.backend == "openvswitch":
+        ovs = net.openvswitch
+        if ovs.bridge in names or ovs.bridge in net.uplinks():
+            raise FieldError(
+                ("openvswitch", "bridge"),
+                f"{ovs.bridge!r} is the trunk bridge; no fake bridge or uplink may share its name",
+            )
+
+
+def _dot(path: tuple[str | int, ...]) -> str:
+    return "spec.network." + ".".join(str(p) for p in path)
 
 
 class Firewall(Strict):
@@ -240,11 +372,11 @@ class Firewall(Strict):
 
 
 class Libvirt(Strict):
-    listen_tcp: bool = True
-    listen_tls: bool = False
+    listen_tcp: StrictBool = True
+    listen_tls: StrictBool = False
     tcp_port: Port = 16509
     auth_tcp: Literal["none", "sasl"] = "none"
-    mdns_adv: bool = False
+    mdns_adv: StrictBool = False
     vnc_listen: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address("0.0.0.0")
 
 

@@ -32,7 +32,6 @@ from bootstrap.resources.native_state import (
     bridge_settings,
     layout,
     link_settings,
-    mismatch,
     uplink_changes,
     vlan_changes,
 )
@@ -75,7 +74,14 @@ async def _vlan_state(ipr: Any, msg: Any) -> VlanState:
         mtu=int(msg.get("mtu")),
         up=bool(msg["flags"] & IFF_UP),
         ours=msg.get("ifalias") == MARK,
+        alias=_foreign_alias(msg),
     )
+
+
+def _foreign_alias(msg: Any) -> str | None:
+    """The operator's own alias (kept to give an adopted link back as it was)."""
+    alias = msg.get("ifalias")
+    return None if alias in (None, "", MARK) else str(alias)
 
 
 async def _bridge_state(ipr: Any, msg: Any, managed: frozenset[str] | None) -> BridgeState:
@@ -96,6 +102,7 @@ async def _bridge_state(ipr: Any, msg: Any, managed: frozenset[str] | None) -> B
         forward_delay_cs=int(msg.get(("linkinfo", "data", "br_forward_delay"))),
         ports=tuple(sorted(ports)),
         ours=msg.get("ifalias") == MARK,
+        alias=_foreign_alias(msg),
     )
 
 
@@ -132,27 +139,21 @@ async def read_marked(exclude: frozenset[str]) -> tuple[LinkState, ...]:
     return tuple(sorted(found, key=lambda s: (s.kind != "vlan", s.ifname)))
 
 
-def _owned_target(resource: str, current: _L | None, desired: _L | None) -> _L | None:
-    """Ours (or absent): the spec decides. The operator's: adopted only when it matches."""
-    if current is None or current.ours:
-        return desired
-    if desired is None or not mismatch(current, desired):
+def _owned_target(current: _L | None, desired: _L | None) -> _L | None:
+    """Ours or absent: the spec decides. The operator's: adopted when the spec names it
+    (``desired`` is marked ours), and never removed when it does not."""
+    if current is not None and not current.ours and desired is None:
         return current
-    raise ResourceError(
-        f"{current.ifname} exists but was not created by cloudstack-bootstrap (alias is not "
-        f"{MARK!r}) and differs from the spec: {'; '.join(mismatch(current, desired))}; "
-        "change or remove it by hand",
-        resource=resource,
-    )
+    return desired
 
 
-def _refuse_foreign(resource: str, now: LinkState | None, target: LinkState | None) -> bool:
-    """True when ``now`` is the operator's: only an unchanged adoption passes."""
-    if now is None or now.ours:
-        return False
-    if target is not None and target != now:
-        raise ResourceError(f"refusing to change the operator's {now.ifname}", resource=resource)
-    return True
+async def _mark(ipr: Any, index: int, now: LinkState | None, target: LinkState) -> None:
+    """Set our mark on adoption, or give the operator's alias back on a revert."""
+    was = now.ours if now is not None else None
+    if target.ours and was is not True:
+        await ipr.link("set", index=index, ifalias=MARK)
+    elif not target.ours and was is not False:
+        await ipr.link("set", index=index, ifalias=target.alias or "")
 
 
 async def _set(ipr: Any, index: int, settings: dict[str, object]) -> None:
@@ -164,7 +165,7 @@ async def converge_vlan(
     ipr: Any, resource: str, now: VlanState | None, target: VlanState | None
 ) -> None:
     """Take one VLAN sub-interface from ``now`` to ``target``, touching only what differs."""
-    if _refuse_foreign(resource, now, target) or now == target:
+    if now == target:
         return
     master = 0
     if now is not None and (
@@ -187,21 +188,24 @@ async def converge_vlan(
             mtu=target.mtu,
         )
         index = await _index(ipr, target.ifname, resource)
-        if target.ours:  # the kernel ignores IFLA_IFALIAS on creation: set it after
-            await ipr.link("set", index=index, ifalias=MARK)
+        # the kernel ignores IFLA_IFALIAS on creation: set it after
+        if target.ours or target.alias:
+            await _mark(ipr, index, None, target)
         if master:  # recreated with another VLAN id: back into the bridge it was in
             await ipr.link("set", index=index, master=master)
         if target.up:
             await ipr.link("set", index=index, state="up")
         return
-    await _set(ipr, await _index(ipr, now.ifname, resource), link_settings(now, target))
+    index = await _index(ipr, now.ifname, resource)
+    await _set(ipr, index, link_settings(now, target))
+    await _mark(ipr, index, now, target)
 
 
 async def converge_bridge(
     ipr: Any, resource: str, now: BridgeState | None, target: BridgeState | None
 ) -> None:
     """Take one bridge from ``now`` to ``target``: attributes, VLAN ports, MTU, then up."""
-    if _refuse_foreign(resource, now, target) or now == target:
+    if now == target:
         return
     if target is None:
         if now is not None:
@@ -216,8 +220,8 @@ async def converge_bridge(
             br_forward_delay=target.forward_delay_cs,
         )
         index = await _index(ipr, target.ifname, resource)
-        if target.ours:
-            await ipr.link("set", index=index, ifalias=MARK)
+        if target.ours or target.alias:
+            await _mark(ipr, index, None, target)
         now = await _bridge_state(ipr, await _get(ipr, index=index), frozenset(target.ports))
     index = await _index(ipr, target.ifname, resource)
     await _set(ipr, index, bridge_settings(now, target))
@@ -229,6 +233,7 @@ async def converge_bridge(
             await ipr.link("set", index=await _index(ipr, port, resource), master=0)
     # after the ports: an MTU set explicitly is kept when ports join (not auto-adjusted)
     await _set(ipr, index, link_settings(now, target))
+    await _mark(ipr, index, now, target)
 
 
 class UplinkResource(Resource[UplinkState | None]):
@@ -284,7 +289,7 @@ class _OwnedLink(Resource[_L | None]):
         return f"{self.kind}/{self._ifname}"
 
     def target(self, current: _L | None) -> _L | None:
-        return _owned_target(self.name, current, self._desired)
+        return _owned_target(current, self._desired)
 
     async def apply(self, current: _L | None, target: _L | None) -> None:
         now = await self.observe()  # act on what is there now, not on the plan's look
@@ -403,12 +408,13 @@ def native_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
     """
     del host
     wanted = layout(network)
-    out: list[Resource[Any]] = [UplinkResource(wanted.uplink)]
-    ports = {p: b for b in wanted.bridges for p in b.ports}
-    for vlan in wanted.vlans:
-        out.append(VlanResource(vlan.ifname, vlan))
-        if vlan.ifname in ports:
-            out.append(BridgeResource(ports[vlan.ifname].ifname, ports[vlan.ifname]))
+    out: list[Resource[Any]] = [UplinkResource(u) for u in wanted.uplinks]
+    vlans = {v.ifname: v for v in wanted.vlans}
+    for bridge in wanted.bridges:  # each bridge right after the VLAN it enslaves
+        for port in bridge.ports:
+            if port in vlans:
+                out.append(VlanResource(port, vlans[port]))
+        out.append(BridgeResource(bridge.ifname, bridge))
     if network.management is not None and wanted.management_ifname is not None:
         from bootstrap.resources.address import ManagementAddress
 

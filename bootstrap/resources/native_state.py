@@ -4,8 +4,11 @@ Pure functions only (no netlink here), so the whole layout logic is unit-tested 
 kernel. The netlink shell lives in ``native.py``.
 
 Ownership: every link we create carries ``IFLA_IFALIAS = MARK``. A link with our mark is
-``ours`` and may be changed or removed; any other link of the same name is the operator's
-and is only *adopted* when it already is what the spec asks for.
+``ours`` and may be changed or removed. A link the spec names that exists without our mark
+(built by hand the seed's way, or by an installer) is *adopted*: the plan says ``adopt``
+with what changes, the apply marks it ours, and its snapshot (``ours`` False and the
+operator's own ``alias``) lets a revert give it back exactly as it was. Links the spec does
+not name are never touched.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class VlanState:
     mtu: int
     up: bool
     ours: bool = True
+    alias: str | None = None  # the operator's own alias of a link that is not ours
     kind: Literal["vlan"] = "vlan"
 
 
@@ -80,6 +84,7 @@ class BridgeState:
     forward_delay_cs: int
     ports: tuple[str, ...]
     ours: bool = True
+    alias: str | None = None
     kind: Literal["bridge"] = "bridge"
 
 
@@ -90,7 +95,7 @@ LinkState = Annotated[VlanState | BridgeState, Discriminator("kind")]
 class Layout:
     """Everything the native backend wants for one spec.network, in apply order."""
 
-    uplink: UplinkState
+    uplinks: tuple[UplinkState, ...]
     vlans: tuple[VlanState, ...]
     bridges: tuple[BridgeState, ...]
     management_ifname: str | None
@@ -101,26 +106,21 @@ class Layout:
 
 
 def layout(network: Network) -> Layout:
-    """Pure: the links the spec asks for. Rejects what the kernel would silently alter."""
-    uplink = network.uplink
+    """Pure: the links the spec asks for. Rejects what the kernel would silently alter.
 
-    def vlan(vid: int, mtu: int) -> VlanState:
-        return VlanState(f"{uplink}.{vid}", uplink, vid, mtu, up=True)
-
+    Each bridge enslaves its uplink's VLAN sub-interface, or the uplink itself when it is
+    untagged (the current guide's ``cloudbr0`` on the bare NIC). The management address
+    goes on the bridge carrying management: CloudStack's ``private.network.device``.
+    """
     vlans: list[VlanState] = []
-    mgmt_ifname: str | None = None
-    if network.management is not None:
-        mgmt_ifname = uplink
-        if network.management.vlan is not None:
-            vlans.append(vlan(network.management.vlan, network.mtu))
-            mgmt_ifname = vlans[0].ifname
     bridges: list[BridgeState] = []
-    for i, spec in enumerate(network.bridges):
-        field = f"network.bridges.{i}"
+    implied = network.implied_management_bridge() is not None
+    for i, spec in enumerate(network.all_bridges()):
+        field = "network.management" if implied and i == 0 else f"network.bridges.{i - implied}"
         mtu = spec.mtu or network.mtu
         if mtu > network.mtu:
             raise InvalidDocument(
-                f"MTU {mtu} is above the uplink's {network.mtu}: a VLAN sub-interface "
+                f"MTU {mtu} is above the uplink's {network.mtu}: a bridge port "
                 "cannot be larger than its uplink",
                 field=f"{field}.mtu",
             )
@@ -130,8 +130,9 @@ def layout(network: Network) -> Layout:
                 f"{MIN_STP_FORWARD_DELAY} s, not {spec.forward_delay}",
                 field=f"{field}.forward_delay",
             )
-        port = vlan(spec.vlan, mtu)
-        vlans.append(port)
+        port = network.port_name(spec)
+        if spec.vlan is not None:
+            vlans.append(VlanState(port, network.uplink_of(spec), spec.vlan, mtu, up=True))
         bridges.append(
             BridgeState(
                 spec.name,
@@ -139,11 +140,15 @@ def layout(network: Network) -> Layout:
                 up=True,
                 stp=spec.stp,
                 forward_delay_cs=spec.forward_delay * CENTISECONDS,
-                ports=(port.ifname,),
+                ports=(port,),
             )
         )
+    mgmt = network.device("management") if network.management is not None else None
     return Layout(
-        UplinkState(uplink, network.mtu, up=True), tuple(vlans), tuple(bridges), mgmt_ifname
+        tuple(UplinkState(u, network.mtu, up=True) for u in network.uplinks()),
+        tuple(vlans),
+        tuple(bridges),
+        mgmt.name if mgmt is not None else None,
     )
 
 
@@ -214,6 +219,18 @@ def _describe_bridge(state: BridgeState) -> str:
     )
 
 
+def _ownership(
+    name: str, current: VlanState | BridgeState, target: VlanState | BridgeState, words: list[str]
+) -> list[Change]:
+    """An adoption (the operator's link becomes ours) or its undo, with what else changes."""
+    if current.ours == target.ours:
+        return []
+    if target.ours:
+        return [Change(name, "adopt", "; ".join(words) or "unchanged, marked as ours")]
+    back = f"alias {target.alias!r}" if target.alias else "no alias"
+    return [Change(name, "modify", "; ".join([*words, f"given back ({back})"]))]
+
+
 def vlan_changes(name: str, current: VlanState | None, target: VlanState | None) -> list[Change]:
     """Pure: the plan lines for one VLAN sub-interface."""
     if current == target:
@@ -224,6 +241,8 @@ def vlan_changes(name: str, current: VlanState | None, target: VlanState | None)
     if target is None:
         return [Change(name, "delete", _describe_vlan(current))]
     words = mismatch(current, target)
+    if adopted := _ownership(name, current, target, words):
+        return adopted
     if (current.parent, current.vlan_id) != (target.parent, target.vlan_id):
         return [
             Change(name, "delete", "recreate: " + "; ".join(words)),
@@ -244,6 +263,8 @@ def bridge_changes(
     if target is None:
         return [Change(name, "delete", _describe_bridge(current))]
     words = mismatch(current, target)
+    if adopted := _ownership(name, current, target, words):
+        return adopted
     return [Change(name, "modify", "; ".join(words))] if words else []
 
 

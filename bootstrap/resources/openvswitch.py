@@ -58,29 +58,52 @@ def _opt(value: list[int]) -> int | None:
     return int(value[0]) if value else None
 
 
-def _read(client: OvsdbClient, wanted: set[str]) -> OvsState:
+def _read(client: OvsdbClient, want: OvsBridge | None) -> OvsState:
+    """Our bridges, and the operator's bridge the spec names (to adopt), with the ports
+    that are ours or that the spec names; other ports (a VM's vif) are none of our business."""
+    wanted = want.names() if want else set()
+    main = want.name if want else None
     bridges: list[OvsBridge] = []
-    foreign = {r.name for t in ("Bridge", "Port") for r in client.rows(t) if not _ours(r)}
+    foreign: set[str] = set()
     for row in client.rows("Bridge"):
-        if not _ours(row):
+        if not (_ours(row) or row.name == main):
+            foreign |= {row.name} | {p.name for p in row.ports}
             continue
         mtu: int | None = None
         uplink: Uplink | None = None
         fakes: list[FakeBridge] = []
         for port in sorted(row.ports, key=lambda p: p.name):
-            if not _ours(port) or not port.interfaces:
+            if not (_ours(port) or port.name in wanted) or not port.interfaces:
                 continue
             iface_mtu = _opt(port.interfaces[0].mtu_request)
+            mine = _ours(port)
             if port.name == row.name:
                 mtu = iface_mtu
             elif port.fake_bridge:
-                fakes.append(FakeBridge(port.name, _opt(port.tag) or 0, iface_mtu, up=False))
+                fakes.append(FakeBridge(port.name, _opt(port.tag) or 0, iface_mtu, False, mine))
             elif uplink is None:
-                uplink = Uplink(port.name, tuple(sorted(port.trunks)), iface_mtu)
+                uplink = Uplink(port.name, tuple(sorted(port.trunks)), iface_mtu, mine)
         bridges.append(
-            OvsBridge(row.name, row.datapath_type or "system", mtu, False, uplink, tuple(fakes))
+            OvsBridge(
+                row.name,
+                row.datapath_type or "system",
+                mtu,
+                False,
+                uplink,
+                tuple(fakes),
+                _ours(row),
+            )
         )
     return OvsState(tuple(sorted(bridges, key=lambda b: b.name)), tuple(sorted(foreign & wanted)))
+
+
+def _mark(row: Row, ours: bool) -> bool:
+    """Adopt (add our key) or give back (remove it); the operator's other keys stay."""
+    if _ours(row) == ours:
+        return False
+    ext = {k: v for k, v in row.external_ids.items() if k not in MARK}
+    row.external_ids = {**ext, **MARK} if ours else ext
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +111,21 @@ class _PortSpec:
     name: str
     iface_type: str
     mtu: int | None
+    ours: bool
     tag: int | None = None
     trunks: tuple[int, ...] = ()
     fake: bool = False
+    local: bool = False  # the bridge's own port: its VLAN columns are not ours to set
 
 
 def _port_specs(b: OvsBridge) -> list[_PortSpec]:
-    specs = [_PortSpec(b.name, "internal", b.mtu)]
+    specs = [_PortSpec(b.name, "internal", b.mtu, b.ours, local=True)]
     if b.uplink is not None:
-        specs.append(_PortSpec(b.uplink.name, "", b.uplink.mtu, trunks=b.uplink.trunks))
-    specs += [_PortSpec(f.name, "internal", f.mtu, tag=f.vlan, fake=True) for f in b.fake_bridges]
+        u = b.uplink
+        specs.append(_PortSpec(u.name, "", u.mtu, u.ours, trunks=u.trunks))
+    specs += [
+        _PortSpec(f.name, "internal", f.mtu, f.ours, tag=f.vlan, fake=True) for f in b.fake_bridges
+    ]
     return specs
 
 
@@ -125,12 +153,13 @@ def _sync_port(txn: Txn, bridge: Row, port: Row | None, spec: _PortSpec) -> bool
         port.external_ids = dict(MARK)
         bridge.addvalue("ports", port)
         changed = True
-    elif not _ours(port):
-        raise OvsdbError(f"port {spec.name} was not created by cloudstack-bootstrap")
-    changed |= _set(port, "tag", [spec.tag] if spec.tag is not None else [])
-    changed |= _set(port, "trunks", sorted(spec.trunks))
-    changed |= _set(port, "fake_bridge", spec.fake)
+    changed |= _mark(port, spec.ours)
+    if not spec.local:
+        changed |= _set(port, "tag", [spec.tag] if spec.tag is not None else [])
+        changed |= _set(port, "trunks", sorted(spec.trunks))
+        changed |= _set(port, "fake_bridge", spec.fake)
     for iface in port.interfaces:
+        changed |= _mark(iface, spec.ours)
         changed |= _set(iface, "type", spec.iface_type)
         changed |= _set(iface, "mtu_request", [spec.mtu] if spec.mtu else [])
     return changed
@@ -172,10 +201,9 @@ def _write(client: OvsdbClient, target: OvsState) -> bool:
                 row.external_ids = dict(MARK)
                 root.addvalue("bridges", row)
                 changed = True
-            elif not _ours(row):
-                raise OvsdbError(f"bridge {b.name} was not created by cloudstack-bootstrap")
             else:
                 ports = {p.name: p for p in row.ports}
+            changed |= _mark(row, b.ours)
             changed |= _set(row, "datapath_type", b.datapath)
             specs = _port_specs(b)
             for spec in specs:
@@ -195,7 +223,7 @@ def _errors(client: OvsdbClient, target: OvsState, settle: float = 2.0) -> list[
     names = {n for b in target.bridges for n in b.names()}
 
     def interfaces() -> dict[str, Row]:
-        return {i.name: i for i in client.rows("Interface") if i.name in names and _ours(i)}
+        return {i.name: i for i in client.rows("Interface") if i.name in names}
 
     def attached(iface: Row) -> bool:
         return bool(iface.ofport) and iface.ofport[0] >= 0
@@ -238,9 +266,6 @@ class OpenVSwitch(Resource[OvsState]):
     def name(self) -> str:
         return "openvswitch"
 
-    def _wanted(self) -> set[str]:
-        return self.want.names() if self.want else set()
-
     async def observe(self) -> OvsState:
         state = await asyncio.to_thread(self._observe_db)
         flags = await _link_flags({n for b in state.bridges for n in b.internal()})
@@ -279,7 +304,7 @@ class OpenVSwitch(Resource[OvsState]):
     def _observe_db(self) -> OvsState:
         try:
             with connect(self.host.ovsdb_socket, timeout=self.timeout) as client:
-                return _read(client, self._wanted())
+                return _read(client, self.want)
         except OvsdbError as exc:
             raise ResourceError(str(exc), resource=self.name) from exc
 
@@ -326,11 +351,9 @@ async def _set_links(wanted: dict[str, bool], timeout: float, resource: str) -> 
 
 
 def openvswitch_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
-    """The OVS layout, then the management address on the management fake bridge."""
+    """The OVS layout, then the management address on the fake bridge carrying management."""
     out: list[Resource[Any]] = [OpenVSwitch(host, desired_bridge(network))]
-    if network.management is not None:
-        mgmt = network.management
-        out.append(
-            ManagementAddress(network.openvswitch.management_bridge, mgmt.address, mgmt.gateway)
-        )
+    mgmt = network.management
+    if mgmt is not None and (bridge := network.device("management")) is not None:
+        out.append(ManagementAddress(bridge.name, mgmt.address, mgmt.gateway))
     return out

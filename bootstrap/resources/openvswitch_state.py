@@ -1,8 +1,11 @@
 """The Open vSwitch layout as data: what the spec wants and how two layouts differ (pure).
 
 A bridge (with its local internal port), the uplink port trunking every VLAN, and one fake
-bridge per VLAN. ``OvsState`` lists only rows we created; ``foreign`` names rows we need
-but did not create, which the plan shows and the apply refuses to touch.
+bridge per VLAN. ``OvsState`` lists the rows we created and the operator's rows the spec
+names (``ours`` False: built by hand with the seed's ovs-vsctl commands, or an installer),
+which the apply *adopts* (marks ours) and a revert gives back exactly as they were.
+``foreign`` names rows we need that sit elsewhere (another bridge): a conflict the plan
+shows and the apply refuses.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class FakeBridge:
     vlan: int  # 0 = untagged
     mtu: int | None = None
     up: bool = True
+    ours: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class Uplink:
     name: str
     trunks: tuple[int, ...]
     mtu: int | None = None
+    ours: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,7 @@ class OvsBridge:
     up: bool = True
     uplink: Uplink | None = None
     fake_bridges: tuple[FakeBridge, ...] = ()
+    ours: bool = True
 
     def names(self) -> set[str]:
         """Bridge and Port names this bridge needs."""
@@ -68,11 +74,8 @@ class OvsState:
 def desired_bridge(network: Network) -> OvsBridge:
     """The seed's layout for a spec: parent bridge, trunked uplink, one fake bridge per VLAN."""
     ovs = network.openvswitch
-    fakes: list[FakeBridge] = []
-    if network.management is not None:
-        fakes.append(FakeBridge(ovs.management_bridge, network.management.vlan or 0, network.mtu))
-    fakes += [FakeBridge(b.name, b.vlan, b.mtu or network.mtu) for b in network.bridges]
-    trunks = tuple(sorted({f.vlan for f in fakes}))
+    fakes = [FakeBridge(b.name, b.vlan or 0, b.mtu or network.mtu) for b in network.all_bridges()]
+    trunks = tuple(sorted({f.vlan for f in fakes}))  # 0: untagged frames too
     return OvsBridge(
         name=ovs.bridge,
         datapath=ovs.datapath,
@@ -105,10 +108,8 @@ def _diff_bridge(old: OvsBridge | None, new: OvsBridge | None) -> list[Change]:
         changes.append(Change(res, "create", _describe(new)))
     elif new is None and old is not None:
         changes.append(Change(res, "delete", _describe(old)))
-    elif (
-        old is not None and new is not None and (d := _fields(old, new, ("datapath", "mtu", "up")))
-    ):
-        changes.append(Change(res, "modify", d))
+    elif old is not None and new is not None:
+        changes += _changed(res, old, new, ("datapath", "mtu", "up"))
     up_old = old.uplink if old else None
     up_new = new.uplink if new else None
     if up_old != up_new:
@@ -121,8 +122,7 @@ def _diff_bridge(old: OvsBridge | None, new: OvsBridge | None) -> list[Change]:
                 changes.append(Change(f"ovs-port/{up_old.name}", "delete", "uplink replaced"))
                 changes.append(Change(f"ovs-port/{up_new.name}", "create", f"{up_new.trunks}"))
             else:
-                detail = _fields(up_old, up_new, ("trunks", "mtu"))
-                changes.append(Change(f"ovs-port/{up_new.name}", "modify", detail))
+                changes += _changed(f"ovs-port/{up_new.name}", up_old, up_new, ("trunks", "mtu"))
     old_f = {f.name: f for f in (old.fake_bridges if old else ())}
     new_f = {f.name: f for f in (new.fake_bridges if new else ())}
     for fname in sorted(old_f.keys() | new_f.keys()):
@@ -133,8 +133,23 @@ def _diff_bridge(old: OvsBridge | None, new: OvsBridge | None) -> list[Change]:
         elif b is None and a is not None:
             changes.append(Change(res, "delete", f"vlan {a.vlan} on {name}"))
         elif a is not None and b is not None and a != b:
-            changes.append(Change(res, "modify", _fields(a, b, ("vlan", "mtu", "up"))))
+            changes += _changed(res, a, b, ("vlan", "mtu", "up"))
     return changes
+
+
+def _changed(
+    res: str,
+    old: OvsBridge | Uplink | FakeBridge,
+    new: OvsBridge | Uplink | FakeBridge,
+    names: tuple[str, ...],
+) -> list[Change]:
+    """One line for a row that differs: an adoption, a give-back, or a plain change."""
+    detail = _fields(old, new, names)
+    if new.ours and not old.ours:
+        return [Change(res, "adopt", detail or "unchanged, marked as ours")]
+    if old.ours and not new.ours:
+        return [Change(res, "modify", ", ".join(filter(None, [detail, "given back"])))]
+    return [Change(res, "modify", detail)] if detail else []
 
 
 def conflicts(current: OvsState, target: OvsState) -> list[str]:

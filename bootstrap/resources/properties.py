@@ -29,7 +29,15 @@ NETWORK_KEYS = (
     "public.network.device",
     "private.network.device",
     "guest.network.device",
+    "storage.network.device",
 )
+DEVICE_KEYS = {
+    "management": "private.network.device",  # CloudStack's "private" = management
+    "public": "public.network.device",
+    "guest": "guest.network.device",
+    "storage": "storage.network.device",
+}
+"""Which agent.properties key names the bridge carrying each traffic type."""
 DIRECT_KEYS = ("libvirt.vif.driver", "network.direct.source.mode", "network.direct.device")
 ALWAYS_OWNED = ("hypervisor.type", "guest.cpu.mode", "guest.cpu.model", *DIRECT_KEYS)
 
@@ -241,10 +249,9 @@ def derived(spec: Spec) -> tuple[dict[str, str], frozenset[str]]:
     if spec.network is not None:
         owned.update(NETWORK_KEYS)
         values["network.bridge.type"] = spec.network.backend
-        for traffic in ("public", "private", "guest"):
-            bridge = next((b for b in spec.network.bridges if traffic in b.traffic), None)
-            if bridge is not None:
-                values[f"{traffic}.network.device"] = bridge.name
+        for traffic, key in DEVICE_KEYS.items():
+            if (bridge := spec.network.device(traffic)) is not None:
+                values[key] = bridge.name
     if spec.agent.direct is not None:
         values["libvirt.vif.driver"] = DIRECT_VIF_DRIVER
         values["network.direct.source.mode"] = spec.agent.direct.source_mode

@@ -43,7 +43,7 @@ def seed_network(address: str, **changes: Any) -> Network:
         "management": {"vlan": 100, "address": address, "gateway": "192.168.42.1"},
         "bridges": [
             {"name": "cloudbr0", "vlan": 200, "traffic": ["public"]},
-            {"name": "cloudbr1", "vlan": 300, "traffic": ["private", "guest"]},
+            {"name": "cloudbr1", "vlan": 300, "traffic": ["guest"]},
         ],
         "openvswitch": {"bridge": "cloudbr", "datapath": "netdev"},
     }

@@ -33,7 +33,7 @@ def role(version: int, **network: Any) -> dict[str, Any]:
         "management": {"vlan": 100, "address": "192.168.42.11/24", "gateway": GATEWAY},
         "bridges": [
             {"name": "cloudbr0", "vlan": 200, "traffic": ["public"]},
-            {"name": "cloudbr1", "vlan": 300, "traffic": ["private", "guest"]},
+            {"name": "cloudbr1", "vlan": 300, "traffic": ["guest"]},
         ],
         "openvswitch": {"datapath": "netdev"},
     }
@@ -121,7 +121,7 @@ def test_sigkill_mid_apply_ends_fully_applied_or_fully_reverted(host: Host) -> N
         2,
         bridges=[
             {"name": "cloudbr0", "vlan": 201, "traffic": ["public"]},
-            {"name": "cloudbr1", "vlan": 301, "traffic": ["private", "guest"]},
+            {"name": "cloudbr1", "vlan": 301, "traffic": ["guest"]},
             {"name": "cloudbr2", "vlan": 400, "traffic": ["storage"]},
         ],
     )

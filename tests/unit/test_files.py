@@ -65,7 +65,7 @@ SEED_KVM: dict[str, Any] = {
         "management": {"vlan": 100, "address": "192.168.42.11/24", "gateway": "192.168.42.1"},
         "bridges": [
             {"name": "cloudbr0", "vlan": 200, "traffic": ["public"]},
-            {"name": "cloudbr1", "vlan": 300, "traffic": ["private", "guest"]},
+            {"name": "cloudbr1", "vlan": 300, "traffic": ["guest"]},
         ],
     },
 }
@@ -149,7 +149,7 @@ async def test_seed_kvm_on_debian_root_converges_and_is_idempotent(tmp_path: Pat
         "guest.cpu.mode=host-model",
         "network.bridge.type=native",
         "public.network.device=cloudbr0",
-        "private.network.device=cloudbr1",
+        "private.network.device=mgmt0",
         "guest.network.device=cloudbr1",
     ):
         assert line in props

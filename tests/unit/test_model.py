@@ -27,7 +27,7 @@ SEED_KVM: dict[str, Any] = {
             "management": {"vlan": 100, "address": "192.168.42.11/24", "gateway": "192.168.42.1"},
             "bridges": [
                 {"name": "cloudbr0", "vlan": 200, "traffic": ["public"]},
-                {"name": "cloudbr1", "vlan": 300, "traffic": ["private", "guest"]},
+                {"name": "cloudbr1", "vlan": 300, "traffic": ["guest"]},
             ],
         },
         "firewall": {"policy": "accept"},
@@ -131,10 +131,10 @@ def test_lxc_direct_requires_lxc() -> None:
 def test_openvswitch_names_must_not_clash() -> None:
     spec = copy.deepcopy(SEED_KVM["spec"])
     spec["network"]["backend"] = "openvswitch"
-    spec["network"]["bridges"][0]["name"] = "mgmt0"
+    spec["network"]["bridges"][1]["name"] = "cloudbr"
     with pytest.raises(InvalidDocument) as caught:
         validate_spec(spec)
-    assert caught.value.field == "spec.network.bridges"
+    assert caught.value.field == "spec.network.openvswitch.bridge"
 
 
 def test_not_json_nor_yaml_and_not_an_object() -> None:

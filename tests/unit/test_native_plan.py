@@ -59,33 +59,62 @@ BRIDGE = BridgeState(
 
 def test_seed_layout_has_the_seed_links_in_apply_order() -> None:
     wanted = layout(seed())
-    assert wanted.uplink == UplinkState("eth0", 1500, up=True)
+    assert wanted.uplinks == (UplinkState("eth0", 1500, up=True),)
     assert [(v.ifname, v.parent, v.vlan_id, v.mtu) for v in wanted.vlans] == [
         ("eth0.100", "eth0", 100, 1500),
         ("eth0.200", "eth0", 200, 1500),
         ("eth0.300", "eth0", 300, 1500),
     ]
     assert [(b.ifname, b.ports, b.stp) for b in wanted.bridges] == [
+        ("mgmt0", ("eth0.100",), False),
         ("cloudbr0", ("eth0.200",), False),
         ("cloudbr1", ("eth0.300",), False),
     ]
     # the seed's "bridge_fd 5" is 5 s; the kernel counts clock_t, 100 per second
     assert {b.forward_delay_cs for b in wanted.bridges} == {500}
-    assert wanted.management_ifname == "eth0.100"
-    assert wanted.names == {"eth0.100", "eth0.200", "eth0.300", "cloudbr0", "cloudbr1"}
+    # the address sits on a bridge: CloudStack's private.network.device must hold it
+    assert wanted.management_ifname == "mgmt0"
+    assert wanted.names == {"eth0.100", "eth0.200", "eth0.300", "mgmt0", "cloudbr0", "cloudbr1"}
     assert all(s.ours and s.up for s in (*wanted.vlans, *wanted.bridges))
 
 
-def test_untagged_management_lives_on_the_uplink() -> None:
-    wanted = layout(edited(management__vlan=None))
-    assert wanted.management_ifname == "eth0"
+def test_untagged_management_bridge_enslaves_the_uplink_itself() -> None:
+    wanted = layout(edited(bridges__0__vlan=None))
+    assert wanted.management_ifname == "mgmt0"
+    assert wanted.bridges[0].ports == ("eth0",)
     assert [v.vlan_id for v in wanted.vlans] == [200, 300]
-    assert layout(edited(management=None)).management_ifname is None
+
+
+def test_the_older_management_vlan_spelling_implies_a_management_bridge() -> None:
+    net = edited(bridges=seed().model_dump(mode="json")["bridges"][1:], management__vlan=100)
+    wanted = layout(net)
+    assert wanted.management_ifname == "mgmt0"
+    assert wanted.bridges[0].ports == ("eth0.100",)
+    bare = layout(edited(bridges=[], management__vlan=None))
+    assert (bare.management_ifname, bare.bridges[0].ports) == ("mgmt0", ("eth0",))
+
+
+def test_a_second_nic_carries_its_own_untagged_bridge() -> None:
+    """The current upstream guide: cloudbr0 on the bare eth0 with the address, guests on eth1."""
+    net = edited(
+        bridges=[
+            {"name": "cloudbr0", "traffic": ["management", "public"]},
+            {"name": "cloudbr1", "uplink": "eth1", "traffic": ["guest"]},
+        ]
+    )
+    wanted = layout(net)
+    assert [u.ifname for u in wanted.uplinks] == ["eth0", "eth1"]
+    assert wanted.vlans == ()
+    assert [(b.ifname, b.ports) for b in wanted.bridges] == [
+        ("cloudbr0", ("eth0",)),
+        ("cloudbr1", ("eth1",)),
+    ]
+    assert wanted.management_ifname == "cloudbr0"
 
 
 def test_bridge_mtu_and_forward_delay_reach_the_layout() -> None:
-    wanted = layout(edited(mtu=9000, bridges__1__mtu=1500, bridges__0__forward_delay=15))
-    cloudbr0, cloudbr1 = wanted.bridges
+    wanted = layout(edited(mtu=9000, bridges__2__mtu=1500, bridges__1__forward_delay=15))
+    _, cloudbr0, cloudbr1 = wanted.bridges
     assert (cloudbr0.mtu, cloudbr0.forward_delay_cs) == (9000, 1500)
     assert cloudbr1.mtu == 1500
     assert [v.mtu for v in wanted.vlans] == [9000, 9000, 1500]  # a port carries its bridge's
@@ -94,10 +123,10 @@ def test_bridge_mtu_and_forward_delay_reach_the_layout() -> None:
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"bridges__0__mtu": 9000}, "network.bridges.0.mtu"),
+        ({"bridges__1__mtu": 9000}, "network.bridges.1.mtu"),
         (
-            {"bridges__1__stp": True, "bridges__1__forward_delay": 1},
-            "network.bridges.1.forward_delay",
+            {"bridges__2__stp": True, "bridges__2__forward_delay": 1},
+            "network.bridges.2.forward_delay",
         ),
     ],
 )
@@ -110,8 +139,8 @@ def test_what_the_kernel_would_alter_is_rejected_by_field(
 
 
 def test_stp_with_the_kernels_minimum_delay_is_fine() -> None:
-    wanted = layout(edited(bridges__0__stp=True, bridges__0__forward_delay=2))
-    assert wanted.bridges[0].stp and wanted.bridges[0].forward_delay_cs == 200
+    wanted = layout(edited(bridges__1__stp=True, bridges__1__forward_delay=2))
+    assert wanted.bridges[1].stp and wanted.bridges[1].forward_delay_cs == 200
 
 
 def test_plan_texts() -> None:
@@ -151,15 +180,23 @@ def test_only_differing_attributes_are_set() -> None:
     }
 
 
-def test_ours_follows_the_spec_the_operators_is_adopted_or_refused() -> None:
+def test_ours_follows_the_spec_the_operators_is_adopted() -> None:
     ours = VlanResource("eth0.200", VLAN)
     assert ours.target(None) == VLAN
     assert ours.target(replace(VLAN, mtu=1400)) == VLAN
-    theirs = replace(VLAN, ours=False)
-    assert ours.target(theirs) == theirs  # matches: adopted as it is, not marked
-    with pytest.raises(ResourceError) as err:
-        ours.target(replace(theirs, mtu=1400))
-    assert err.value.resource == "vlan/eth0.200" and "mtu 1400 → 1500" in err.value.message
+    theirs = replace(VLAN, ours=False, alias="uplink vlan 200")
+    assert ours.target(theirs) == VLAN  # named by the spec: adopted, marked ours
+    assert ours.diff(theirs, VLAN) == [
+        Change("vlan/eth0.200", "adopt", "unchanged, marked as ours")
+    ]
+    assert ours.diff(replace(theirs, mtu=1400), VLAN) == [
+        Change("vlan/eth0.200", "adopt", "mtu 1400 → 1500")
+    ]
+    # the revert gives it back with the operator's alias
+    assert ours.diff(VLAN, theirs) == [
+        Change("vlan/eth0.200", "modify", "given back (alias 'uplink vlan 200')")
+    ]
+    assert str(ours.diff(theirs, VLAN)[0]).startswith("@ adopt vlan/eth0.200")
     gone = BridgeResource("cloudbr0", None)
     assert gone.target(BRIDGE) is None  # ours and no longer wanted: removed
     assert gone.target(replace(BRIDGE, ours=False)) == replace(BRIDGE, ours=False)
@@ -207,6 +244,7 @@ def test_native_resources_in_apply_order() -> None:
     assert names == [
         "link/eth0",
         "vlan/eth0.100",
+        "bridge/mgmt0",
         "vlan/eth0.200",
         "bridge/cloudbr0",
         "vlan/eth0.300",

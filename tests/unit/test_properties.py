@@ -130,8 +130,9 @@ def test_derived_keys_for_custom_cpu_and_network() -> None:
                 "uplink": "eth0",
                 "bridges": [
                     {"name": "cloudbr0", "vlan": 200, "traffic": ["public"]},
-                    {"name": "cloudbr1", "vlan": 300, "traffic": ["private"]},
+                    {"name": "cloudbr1", "vlan": 300, "traffic": ["guest"]},
                 ],
+                "management": {"vlan": 100, "address": "192.168.42.11/24"},
             },
         }
     )
@@ -139,9 +140,10 @@ def test_derived_keys_for_custom_cpu_and_network() -> None:
     assert values["guest.cpu.model"] == "SandyBridge"
     assert values["network.bridge.type"] == "openvswitch"
     assert values["public.network.device"] == "cloudbr0"
-    assert values["private.network.device"] == "cloudbr1"
-    # no bridge carries guest traffic: we own the key, so it is removed
-    assert "guest.network.device" in remove
+    assert values["private.network.device"] == "mgmt0"  # implied by management.vlan
+    assert values["guest.network.device"] == "cloudbr1"
+    # no bridge carries storage traffic: we own the key, so it is removed
+    assert "storage.network.device" in remove
     assert {"libvirt.vif.driver", "network.direct.device"} <= remove
 
 
