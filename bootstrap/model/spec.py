@@ -325,11 +325,11 @@ def _check_network(net: Network) -> None:
         key = (uplink, b.vlan)
         if key in ports:
             what = f"duplicate VLAN {b.vlan}" if b.vlan is not None else "a second untagged bridge"
-            first = ports[key]
+            blamed, first = where, ports[key]
             if first[0] == "management":  # blame the older spelling, not the listed bridge
-                where, first = first, where
+                blamed, first = first, where
             raise FieldError(
-                (*where, "vlan") if where[0] == "bridges" else where,
+                (*blamed, "vlan") if blamed[0] == "bridges" else blamed,
                 f"{what} on {uplink}: already bridged by {_dot(first)}",
             )
         ports[key] = where
