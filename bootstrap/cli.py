@@ -159,9 +159,15 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bootstrap.host.preflight import evaluate, gather_facts
+    host = HostRoot(Path(args.root))
+    if args.cloudstack:
+        from bootstrap.host.cloudstack import run_cloudstack_checks
 
-    checks = evaluate(gather_facts(HostRoot(Path(args.root))))
+        checks = asyncio.run(run_cloudstack_checks(host))
+    else:
+        from bootstrap.host.preflight import evaluate, gather_facts
+
+        checks = evaluate(gather_facts(host))
     if args.json:
         emit_json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]})
     else:
@@ -236,6 +242,11 @@ def register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("check", help="preflight: the seed's host requirements")
     p.add_argument("--root", default="/", metavar="DIR")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--cloudstack",
+        action="store_true",
+        help="instead: would CloudStack's own KVM agent start on this host and work?",
+    )
     p.set_defaults(handler=cmd_check)
 
     p = sub.add_parser("schema", help="print the JSON Schema of desired documents")

@@ -38,6 +38,7 @@ PROTO = 77
 MAIN_TABLE = 254
 IFA_F_NODAD = 0x02
 IFF_UP = 0x1
+RTNH_F_ONLINK = 0x4
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +58,12 @@ class DefaultRoute:
     ifname: str | None
     metric: int = 0
     proto: int = PROTO
+    onlink: bool = False  # RTNH_F_ONLINK: the gateway is taken as on the link, as written
 
     def __str__(self) -> str:
         via = f"via {self.gateway} " if self.gateway else ""
-        return f"default {via}dev {self.ifname or '?'} metric {self.metric}"
+        onlink = " onlink" if self.onlink else ""
+        return f"default {via}dev {self.ifname or '?'} metric {self.metric}{onlink}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +117,20 @@ def diff_states(
         changes.append(Change(name, "create", ", ".join(map(str, new))))
     elif gone:
         changes.append(Change(name, "delete", ", ".join(map(str, gone))))
-    for r in current.routes:
-        if r not in target.routes:
+
+    def same(r: DefaultRoute) -> tuple[object, ...]:
+        return (r.gateway, r.ifname, r.metric)  # proto and flags are how it was made
+
+    gone_routes = [r for r in current.routes if r not in target.routes]
+    new_routes = [r for r in target.routes if r not in current.routes]
+    marked = {same(r) for r in new_routes if r.proto == PROTO} & {same(r) for r in gone_routes}
+    for r in gone_routes:
+        if same(r) not in marked:
             changes.append(Change(route_name, "delete", str(r)))
-    for r in target.routes:
-        if r not in current.routes:
+    for r in new_routes:
+        if same(r) in marked:  # the operator's own route, now marked ours
+            changes.append(Change(route_name, "adopt", str(r)))
+        else:
             changes.append(Change(route_name, "create", str(r)))
     return changes
 
@@ -216,6 +228,7 @@ class ManagementAddress(Resource[AddressState]):
                     names.get(oif) if oif is not None else None,
                     int(msg.get("priority") or 0),
                     int(msg["proto"]),
+                    bool(msg["flags"] & RTNH_F_ONLINK),
                 )
             )
         return AddressState(_sorted_placements(placements), _sorted_routes(routes))
@@ -264,6 +277,8 @@ class ManagementAddress(Resource[AddressState]):
         }
         if route.gateway is not None:
             spec["gateway"] = str(route.gateway)
+        if route.onlink:
+            spec["flags"] = RTNH_F_ONLINK
         if route.ifname is not None:
             index = await self._index(ipr, route.ifname)
             if index is None:

@@ -21,6 +21,7 @@ from bootstrap.errors import ResourceError
 from bootstrap.resources.native import BridgeResource, StaleLinks, UplinkResource
 from bootstrap.resources.native_state import MARK, BridgeState, UplinkState
 from simulator.namespaces import Namespace, veth_pair
+from tests.hostview import host_view
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -146,20 +147,30 @@ def test_revert_returns_to_the_snapshot(host: Namespace) -> None:
     assert link(host, "eth1").get("mtu") == 1500 and link(host, "eth1").get("master") is None
 
 
-def test_operator_bridge_is_adopted_only_when_it_matches(host: Namespace) -> None:
+@pytest.mark.parametrize("alias", [None, "built by hand"])
+def test_operator_bridge_is_adopted_and_given_back_byte_for_byte(
+    host: Namespace, alias: str | None
+) -> None:
     with host.iproute() as ipr:
         ipr.link("add", ifname="cloudbr0", kind="bridge", br_stp_state=0, br_forward_delay=500)
         index = ipr.link_lookup(ifname="cloudbr0")[0]
         ipr.link("set", index=link(host, "eth1")["index"], master=index)
         ipr.link("set", index=index, mtu=1400, state="up")
-    plan = run_in(host, make_plan([BridgeResource("cloudbr0", wanted())]))
-    assert plan.changes == []  # adopted as it is, never marked
-    with pytest.raises(ResourceError) as err:
-        run_in(host, make_plan([BridgeResource("cloudbr0", wanted(mtu=1300))]))
-    assert err.value.resource == "bridge/cloudbr0" and "mtu 1400 → 1300" in err.value.message
+        if alias:
+            ipr.link("set", index=index, ifalias=alias)
+    before = host_view(host)
+    resource = BridgeResource("cloudbr0", wanted(mtu=1300))
+    plan = run_in(host, make_plan([resource]))
+    (change,) = plan.changes
+    assert (change.resource, change.action) == ("bridge/cloudbr0", "adopt")
+    assert "mtu 1400 → 1300" in change.detail
+    assert run_in(host, apply_plan(plan, services=NoServices())).ok
+    assert link(host, "cloudbr0").get("ifalias") == MARK
+    assert link(host, "cloudbr0").get("mtu") == 1300
+    assert run_in(host, revert_steps([(s.resource, s.current) for s in plan.steps])) == []
+    assert host_view(host) == before
     removed = run_in(host, make_plan([BridgeResource("cloudbr0", None)]))
-    assert removed.changes == []  # not ours: never removed
-    assert link(host, "cloudbr0").get("ifalias") is None
+    assert removed.changes == []  # not ours and not named: never removed
 
 
 def test_a_link_of_another_kind_is_an_error_naming_it(host: Namespace) -> None:

@@ -14,11 +14,12 @@ import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
 from bootstrap.engine.plan import Plan, make_plan
+from bootstrap.engine.resource import Change, Resource
 from bootstrap.engine.services import NoServices
 from bootstrap.engine.transaction import Outcome, apply_plan, revert_steps
 from bootstrap.errors import ResourceError
@@ -26,6 +27,7 @@ from bootstrap.model.spec import Network
 from bootstrap.resources.openvswitch import OpenVSwitch, openvswitch_resources
 from simulator.namespaces import Namespace, veth_pair
 from simulator.ovs import OvsDaemons
+from tests.hostview import host_view
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.ovs]
 
@@ -289,13 +291,84 @@ def test_revert_restores_ovsdb_and_never_touches_foreign_bridges(
     assert "mgmt0" not in a.links()
 
 
-def test_a_foreign_bridge_with_our_name_is_refused(make_host: Callable[[str], Host]) -> None:
+class Explode(Resource[str | None]):
+    """A resource after the network whose apply fails: forces the transaction's rollback."""
+
+    state_type: ClassVar[Any] = str | None
+
+    @property
+    def name(self) -> str:
+        return "test/explode"
+
+    async def observe(self) -> str | None:
+        return None
+
+    def target(self, current: str | None) -> str | None:
+        return "boom"
+
+    def diff(self, current: str | None, target: str | None) -> list[Change]:
+        return [] if current == target else [Change(self.name, "create", "fails on purpose")]
+
+    async def apply(self, current: str | None, target: str | None) -> None:
+        if target is not None:
+            raise ResourceError("forced failure", resource=self.name)
+
+
+SEED_OVS_VSCTL = (  # the seed's own commands (its "set port cloudbr trunks" included)
+    ("add-br", "cloudbr", "--", "set", "bridge", "cloudbr", "datapath_type=netdev"),
+    ("add-port", "cloudbr", "eth0"),
+    ("set", "port", "cloudbr", "trunks=100,200,300"),
+    ("add-br", "mgmt0", "cloudbr", "100"),
+    ("add-br", "cloudbr0", "cloudbr", "200"),
+    ("add-br", "cloudbr1", "cloudbr", "300"),
+)
+
+
+def test_the_seeds_hand_built_layout_is_adopted_and_given_back_byte_for_byte(
+    make_host: Callable[[str], Host],
+) -> None:
+    a, b = make_host("a"), make_host("b")
+    assert b.converge(seed_network("192.168.42.12/24"))[1].state == "converged"
+    for argv in SEED_OVS_VSCTL:
+        a.ovs.vsctl(*argv)
+    a.ns.run(["ip", "link", "set", "mgmt0", "up"])
+    a.add_addr("mgmt0", "192.168.42.11/24")
+    a.ns.run(["ip", "route", "add", "default", "via", "192.168.42.1", "dev", "mgmt0", "onlink"])
+    assert a.ping("192.168.42.12", wait=5)
+    before = (a.dump(), host_view(a.ns), a.ovs.vsctl("show"))
+
+    network = seed_network("192.168.42.11/24")
+    plan = a.plan(network)
+    adopted = {c.resource for c in plan.changes if c.action == "adopt"}
+    assert {"ovs-bridge/cloudbr", "ovs-port/eth0", "ovs-fake-bridge/mgmt0"} <= adopted
+    assert not [c for c in plan.changes if c.action in ("create", "delete")], plan.changes
+    assert "trunks () -> (100, 200, 300)" in str(plan.changes)
+
+    async def forced() -> Outcome:
+        resources = [*openvswitch_resources(network, a.ovs.host), Explode()]
+        return await apply_plan(await make_plan(resources), services=NoServices())
+
+    outcome = a.run(forced())
+    assert outcome.state == "rolled_back" and "forced failure" in str(outcome.error)
+    assert (a.dump(), host_view(a.ns), a.ovs.vsctl("show")) == before
+
+    _, outcome = a.converge(network)
+    assert outcome.state == "converged", outcome.error
+    assert a.ping("192.168.42.12")
+    uuids = {t: sorted(json.loads(r)[0] for r in rows) for t, rows in before[0].items()}
+    assert {t: sorted(json.loads(r)[0] for r in rows) for t, rows in a.dump().items()} == uuids
+    assert a.get("bridge", "cloudbr", "external_ids:cloudstack-bootstrap") == "managed"
+    assert a.plan(network).changes == []
+
+
+def test_a_name_held_on_another_bridge_is_refused(make_host: Callable[[str], Host]) -> None:
     a = make_host("a")
-    a.ovs.vsctl("add-br", "cloudbr", "--", "set", "bridge", "cloudbr", "datapath_type=netdev")
+    a.ovs.vsctl("add-br", "other", "--", "set", "bridge", "other", "datapath_type=netdev")
+    a.ovs.vsctl("add-br", "cloudbr0", "other", "200")
     before = a.dump()
     network = seed_network("192.168.42.11/24")
 
-    conflict = [c for c in a.plan(network).changes if c.resource == "ovs/cloudbr"]
+    conflict = [c for c in a.plan(network).changes if c.resource == "ovs/cloudbr0"]
     assert conflict and "not created by cloudstack-bootstrap" in conflict[0].detail
     _, outcome = a.converge(network)
     assert outcome.state == "rolled_back"
