@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulator.namespaces import Namespace, veth_pair
-from simulator.nets import Switch
+from simulator.nets import NicPort, Switch
 from simulator.ovs import OvsDaemons
 
 __all__ = ["SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
@@ -115,14 +115,14 @@ class Fabric:
                 ipr.link("set", index=idx, master=br)
         self.ports.append(port)
 
-    def add_trunk(self, peer: Namespace, peer_if: str, port: str) -> None:
-        """A host's uplink: a trunk carrying the switch's VLANs (native one untagged)."""
+    def add_trunk(self, peer: Namespace, peer_if: str, port: str, nic: NicPort) -> None:
+        """A host NIC: a trunk carrying the port's VLANs (its native one untagged)."""
         veth_pair(peer, peer_if, self.ns, port)
         no_offload(peer, peer_if)
-        trunks = ",".join(str(v) for v in self.spec.trunk_vlans)
+        trunks = ",".join(str(v) for v in nic.trunk_vlans)
         settings = [f"trunks={trunks}"]
-        if self.spec.native_vlan is not None:
-            settings += ["vlan_mode=native-untagged", f"tag={self.spec.native_vlan}"]
+        if nic.native_vlan is not None:
+            settings += ["vlan_mode=native-untagged", f"tag={nic.native_vlan}"]
         else:
             settings += ["vlan_mode=trunk"]
         self._attach(port, *settings)

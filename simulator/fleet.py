@@ -205,6 +205,7 @@ class Sim:
         return asyncio.run(self.check_async(only))
 
     async def check_async(self, only: list[str] | None = None) -> list[CheckResult]:
+        from simulator.checks.cloudstack import check_cloudstack
         from simulator.checks.isolation import check_isolation
         from simulator.checks.migration import check_migration
         from simulator.checks.ports import check_ports
@@ -216,6 +217,7 @@ class Sim:
             ("isolation", check_isolation, exp.isolated),
             ("ports", check_ports, exp.ports),
             ("migration", check_migration, exp.migration is not None),
+            ("cloudstack", check_cloudstack, exp.cloudstack),
         ]
         results = []
         t0 = time.monotonic()

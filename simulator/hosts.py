@@ -1,9 +1,12 @@
-"""One simulated hypervisor: a namespace, an uplink to the switch, a file root, OVS, the agent.
+"""One simulated hypervisor: a namespace, NICs cabled to the switch, a file root, OVS, the agent.
 
-A host starts as the installer left it (the first contact): only its uplink ``eth0`` with
-the management address untagged (or on ``eth0.<vlan>``) and a default route. Everything
-else (bridges, VLANs, mgmt0, the firewall, the files) is the agent's job, done by the real
-engine on the first rollout; the simulator never builds the target layout itself.
+A host starts as the installer left it (the first contact): its NICs, an address (from the
+provisioning VLAN, or the management address on the bare uplink or on ``eth0.<vlan>``) and
+a default route. Everything else (bridges, VLANs, the firewall, the files) is the agent's
+job, done by the real engine on the first rollout; the simulator never builds the target
+layout itself. The one exception is the brownfield host (``seed-ovs``): built beforehand
+with the seed's own ``ovs-vsctl`` commands, as an operator did years ago, for the agent to
+adopt.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ __all__ = ["Guest", "SimHost", "agent_toml"]
 
 PREFIX = "cloudstack/bootstrap/v1"
 RESERVED_PORTS = "49152-49216"
+SEED_OVS_VSCTL = (  # hypervisor-installation.rst, "Configure OpenVswitch", verbatim
+    ("add-br", "cloudbr"),
+    ("add-port", "cloudbr", "eth0"),
+    ("set", "port", "cloudbr", "trunks=100,200,300"),
+    ("add-br", "mgmt0", "cloudbr", "100"),
+    ("add-br", "cloudbr0", "cloudbr", "200"),
+    ("add-br", "cloudbr1", "cloudbr", "300"),
+)
 
 
 def agent_toml(
@@ -86,25 +97,38 @@ class SimHost:
         # outgoing connections (the agent's MQTT session) off them, as a real host must,
         # or a migration listener (or the ports check's stand-in) cannot bind.
         ns.run(["sysctl", "-qw", f"net.ipv4.ip_local_reserved_ports={RESERVED_PORTS}"])
-        fabric.add_trunk(ns, layout.uplink, layout.port)
+        for nic, port in layout.nics.items():
+            fabric.add_trunk(ns, nic, layout.port_of(nic), port)
+        if layout.backend == "openvswitch":
+            host.ovs = OvsDaemons(root, ns).start()
         iface = layout.uplink
+        if layout.install_mode == "seed-ovs":
+            iface = host._build_seed_ovs(mgmt_vlan)
         with ns.iproute() as ipr:
             (up,) = ipr.link_lookup(ifname=layout.uplink)
             if layout.install_tagged:
                 iface = f"{layout.uplink}.{mgmt_vlan}"
                 ipr.link("add", ifname=iface, kind="vlan", link=up, vlan_id=mgmt_vlan)
-                (idx,) = ipr.link_lookup(ifname=iface)
+            for name in [*layout.nics, iface]:
+                (idx,) = ipr.link_lookup(ifname=name)
                 ipr.link("set", index=idx, state="up")
-            else:
-                idx = up
             addr = layout.install_address
             ipr.addr("add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
             if layout.install_gateway is not None:
                 # metric 100, as DHCP (NetworkManager, dhclient) leaves it on an installed host
                 ipr.route("add", dst="0.0.0.0/0", gateway=str(layout.install_gateway), priority=100)
-        if layout.backend == "openvswitch":
-            host.ovs = OvsDaemons(root, ns).start()
         return host
+
+    def _build_seed_ovs(self, mgmt_vlan: int) -> str:
+        """The seed's OVS layout by hand (netdev datapath: no kernel module here)."""
+        assert self.ovs is not None
+        if mgmt_vlan != 100:
+            raise ValueError("seed-ovs builds the seed's VLANs: the management VLAN must be 100")
+        for argv in SEED_OVS_VSCTL:
+            self.ovs.vsctl(*argv)
+            if argv == ("add-br", "cloudbr"):
+                self.ovs.vsctl("set", "bridge", "cloudbr", "datapath_type=netdev")
+        return "mgmt0"
 
     # -- the agent ------------------------------------------------------------------------
 
@@ -133,10 +157,10 @@ class SimHost:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self._env(),
+                env=self.env(),
             )
 
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         """OVS hosts: keep every OVS tool on this host's own directories."""
         return dict(self.ovs.env) if self.ovs is not None else dict(os.environ)
 

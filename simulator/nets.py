@@ -59,12 +59,29 @@ class Vlan(_Strict):
         return self
 
 
+class NicPort(_Strict):
+    """The switch port a host NIC is cabled to: the VLANs it carries, which one untagged."""
+
+    trunk_vlans: tuple[VlanId, ...]
+    native_vlan: VlanId | None = None
+
+
 class Switch(_Strict):
-    """A top-of-rack switch: host ports are trunks, the broker sits on an access port."""
+    """A top-of-rack switch: host ports are trunks, the broker sits on an access port.
+
+    ``trunk_vlans``/``native_vlan`` are every host's ``eth0`` port; ``nics`` cables further
+    NICs (``eth1: {trunk_vlans: [300], native_vlan: 300}``), each to a port of its own.
+    """
 
     kind: Literal["ovs", "linux"] = "ovs"
     trunk_vlans: tuple[VlanId, ...]
     native_vlan: VlanId | None = None
+    nics: dict[Annotated[str, Field(pattern=r"^eth[1-9]$")], NicPort] = Field(default_factory=dict)
+
+    def host_ports(self) -> dict[str, NicPort]:
+        """Every host NIC and its port, ``eth0`` first."""
+        eth0 = NicPort(trunk_vlans=self.trunk_vlans, native_vlan=self.native_vlan)
+        return {"eth0": eth0, **dict(sorted(self.nics.items()))}
 
 
 class Broker(_Strict):
@@ -74,15 +91,19 @@ class Broker(_Strict):
 
 
 class Install(_Strict):
-    """What the installer left on a host (the first contact).
+    """What the installer (or an operator, years ago) left on a host: the first contact.
 
     ``untagged``: an address from the switch's native (provisioning) VLAN on the bare
     uplink, routed to the broker by the gateway; the first rollout moves the host onto its
     management address on the tagged management VLAN. ``vlan``: the management address is
-    already on ``<uplink>.<vlan>`` (kickstart did it; needs 8021q).
+    already on ``<uplink>.<vlan>`` (kickstart did it; needs 8021q). ``bare``: the
+    management address itself on the bare uplink, whose switch port sends the management
+    VLAN untagged (what most installers leave). ``seed-ovs``: the host was built by hand
+    with the seed's own ``ovs-vsctl`` commands (``cloudbr`` trunk, ``mgmt0`` holding the
+    address on the management VLAN, ``cloudbr0``/``cloudbr1``); needs backend openvswitch.
     """
 
-    management: Literal["untagged", "vlan"] = "untagged"
+    management: Literal["untagged", "vlan", "bare", "seed-ovs"] = "untagged"
 
 
 class HostEntry(_Strict):
@@ -131,6 +152,7 @@ class Expect(_Strict):
     ports: bool = True
     peers: Literal["all", "ring"] | None = None  # default: all up to 8 hosts, ring beyond
     migration: Migration | None = Migration()
+    cloudstack: bool = True  # CloudStack's KVM agent would start on every host
 
 
 class Net(_Strict):
@@ -159,8 +181,28 @@ class Net(_Strict):
             raise FieldError(("broker", "vlan"), f"VLAN {self.broker.vlan} is not in vlans")
         if self.broker.address.ip not in self.vlan(self.broker.vlan).subnet:
             raise FieldError(("broker", "address"), "outside the broker VLAN's subnet")
-        untagged = any((e.install or self.install).management == "untagged" for e in self.entries())
+        modes = {(e.install or self.install).management for e in self.entries()}
+        untagged = "untagged" in modes
         native = self.switch.native_vlan
+        if "bare" in modes and native != self.broker.vlan:
+            raise FieldError(
+                ("switch", "native_vlan"),
+                f"hosts installed 'bare' hold the management address on the untagged uplink: "
+                f"the native VLAN must be the management VLAN {self.broker.vlan}",
+            )
+        for i, e in enumerate(self.entries()):
+            if (e.install or self.install).management == "seed-ovs" and e.backend != "openvswitch":
+                raise FieldError(
+                    ("hosts", i, "install"), "'seed-ovs' builds Open vSwitch: backend openvswitch"
+                )
+        for nic, port in self.switch.nics.items():
+            for j, vid in enumerate(port.trunk_vlans):
+                if vid not in ids:
+                    raise FieldError(
+                        ("switch", "nics", nic, "trunk_vlans", j), f"VLAN {vid} is not in vlans"
+                    )
+            if port.native_vlan is not None and port.native_vlan not in ids:
+                raise FieldError(("switch", "nics", nic, "native_vlan"), "not in vlans")
         if untagged and (native is None or self.vlan(native).gateway is None):
             raise FieldError(
                 ("switch", "native_vlan"),
@@ -222,18 +264,28 @@ class HostLayout:
     backend: Backend
     uplink: str
     mgmt: ipaddress.IPv4Interface
-    install_tagged: bool
+    install_mode: str  # Install.management
     install_address: ipaddress.IPv4Interface  # what the installer left (first contact)
     install_gateway: ipaddress.IPv4Address | None
     roles: tuple[str, ...]
     host_doc: dict[str, Any]
     spec: Spec
     bridges: dict[int, str]  # expected VLAN -> bridge name in the seed's layout
+    nics: dict[str, NicPort]  # every NIC and the switch port it is cabled to
+
+    @property
+    def install_tagged(self) -> bool:
+        return self.install_mode == "vlan"
 
     @property
     def port(self) -> str:
-        """The switch-side port name (short: IFNAMSIZ)."""
-        return f"h{self.index:03d}"
+        """The switch-side port name of eth0 (short: IFNAMSIZ)."""
+        return self.port_of(self.uplink)
+
+    def port_of(self, nic: str) -> str:
+        """The switch-side port of ``nic``: ``h007`` for eth0, ``h007n1`` for eth1."""
+        k = list(self.nics).index(nic)
+        return f"h{self.index:03d}" + (f"n{k}" if k else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +333,23 @@ class Layout:
         return [(hs[i], hs[(i + 1) % len(hs)]) for i in range(len(hs))]
 
 
-def _role_bridges(spec: dict[str, Any]) -> dict[int, str]:
+def _role_bridges(spec: dict[str, Any], ports: dict[str, NicPort]) -> dict[int, str]:
+    """VLAN -> bridge, as the role intends: an untagged bridge carries its NIC's native VLAN."""
     net = spec.get("network") or {}
-    return {int(b["vlan"]): str(b["name"]) for b in net.get("bridges") or ()}
+    out: dict[int, str] = {}
+    for b in net.get("bridges") or ():
+        vlan = b.get("vlan")
+        if vlan is None:
+            port = ports.get(str(b.get("uplink") or net.get("uplink") or "eth0"))
+            vlan = port.native_vlan if port is not None else None
+        if vlan is not None:
+            out[int(vlan)] = str(b["name"])
+    return out
+
+
+def _carries_management(specs: list[dict[str, Any]]) -> bool:
+    bridges = [b for s in specs for b in (s.get("network") or {}).get("bridges") or ()]
+    return any("management" in (b.get("traffic") or ()) for b in bridges)
 
 
 def build_layout(net: Net) -> Layout:
@@ -311,16 +377,15 @@ def build_layout(net: Net) -> Layout:
         if addr.ip in taken:
             raise InvalidDocument(f"{addr.ip} is already used", field=_dotted(where))
         taken.add(addr.ip)
+        management: dict[str, Any] = {
+            "address": str(addr),
+            **({"gateway": str(mvlan.gateway)} if mvlan.gateway else {}),
+        }
+        role_specs = [net.desired.roles[r].spec for r in entry.roles]
+        if not _carries_management(role_specs):  # the older spelling: mgmt0 on this VLAN
+            management["vlan"] = mgmt_vlan
         base: dict[str, Any] = {
-            "network": {
-                "backend": entry.backend,
-                "uplink": entry.uplink,
-                "management": {
-                    "vlan": mgmt_vlan,
-                    "address": str(addr),
-                    **({"gateway": str(mvlan.gateway)} if mvlan.gateway else {}),
-                },
-            }
+            "network": {"backend": entry.backend, "uplink": entry.uplink, "management": management}
         }
         overlay = net.desired.hosts.get(entry.name, HostOverlay())
         host_doc = {
@@ -337,11 +402,13 @@ def build_layout(net: Net) -> Layout:
             raise InvalidDocument(
                 exc.reason, field=f"desired (host {entry.name}).{exc.field}"
             ) from exc
+        ports = net.switch.host_ports()
         expected: dict[int, str] = {}
         for r in entry.roles:
-            expected.update(_role_bridges(net.desired.roles[r].spec))
+            expected.update(_role_bridges(net.desired.roles[r].spec, ports))
+        expected.pop(mgmt_vlan, None)  # management is checked host to host, not by guests
         install = entry.install or net.install
-        if install.management == "vlan" or net.switch.native_vlan is None:
+        if install.management != "untagged" or net.switch.native_vlan is None:
             inst_addr, inst_gw = addr, mvlan.gateway
         else:
             pvlan = net.vlan(net.switch.native_vlan)
@@ -356,13 +423,14 @@ def build_layout(net: Net) -> Layout:
                 backend=entry.backend,
                 uplink=entry.uplink,
                 mgmt=addr,
-                install_tagged=install.management == "vlan",
+                install_mode=install.management,
                 install_address=inst_addr,
                 install_gateway=inst_gw,
                 roles=entry.roles,
                 host_doc=host_doc,
                 spec=spec,
                 bridges=expected,
+                nics=ports,
             )
         )
     gw = (
@@ -402,7 +470,8 @@ def load_net(path: str | Path) -> Net:
 
 def needs_8021q(net: Net) -> bool:
     """Native-backend hosts build VLAN sub-interfaces; so does a tagged install network."""
+    layout = net.layout()
     return any(
-        e.backend == "native" or (e.install or net.install).management == "vlan"
-        for e in net.entries()
+        h.install_tagged or (h.backend == "native" and h.spec.network and h.spec.network.vlans())
+        for h in layout.hosts
     )

@@ -131,7 +131,8 @@ def _route(facts: AgentFacts) -> Check:
 
 def _bridge(facts: AgentFacts, key: str, ovs: bool) -> Check:
     name = device(facts.properties, key)
-    check = f"cloudstack-{key.split('.', maxsplit=1)[0]}"
+    kind = key.split(".", maxsplit=1)[0]
+    check = f"cloudstack-{kind}" + ("-bridge" if kind == "private" else "")
     link = facts.links.get(name)
     if link is None:
         return Check(check, False, f"{key}={name}: no such interface")

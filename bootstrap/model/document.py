@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bootstrap.errors import InvalidDocument
 from bootstrap.model.merge import merge_all
-from bootstrap.model.spec import FieldError, Spec
+from bootstrap.model.spec import FieldError, MissingField, Spec
 
 API_VERSION = "cloudstack-bootstrap/v1"
 ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -96,6 +96,12 @@ def _location(loc: Sequence[str | int], error: Mapping[str, Any]) -> str:
     return out
 
 
+def _missing(error: Mapping[str, Any]) -> bool:
+    """A required field absent, or a rule that another document may still satisfy."""
+    ctx_error = (error.get("ctx") or {}).get("error")
+    return error["type"] == "missing" or isinstance(ctx_error, MissingField)
+
+
 def _message(error: Mapping[str, Any]) -> str:
     msg = str(error["msg"])
     return msg.removeprefix("Value error, ")
@@ -108,7 +114,7 @@ def invalid_from(
 
     With ``partial``, missing required fields are not errors (None if nothing else is).
     """
-    errors = [e for e in exc.errors() if not (partial and e["type"] == "missing")]
+    errors = [e for e in exc.errors() if not (partial and _missing(e))]
     if not errors:
         return None
     first = errors[0]

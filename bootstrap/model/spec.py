@@ -69,6 +69,11 @@ class FieldError(ValueError):
         self.path = path
 
 
+class MissingField(FieldError):
+    """A field another document must still provide: only an error in the merged spec
+    (a role names the management bridge, the host overlay gives the address)."""
+
+
 class Strict(BaseModel):
     """Frozen, and unknown keys are errors."""
 
@@ -305,7 +310,7 @@ def _check_network(net: Network) -> None:
     for b, where in sources:
         if "management" in b.traffic and where[0] == "bridges":
             if net.management is None:
-                raise FieldError(
+                raise MissingField(
                     (*where, "traffic"),
                     f"bridge {b.name!r} carries management but spec.network.management gives "
                     "no address: CloudStack's private.network.device must hold the host's "

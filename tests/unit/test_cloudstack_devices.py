@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bootstrap.errors import InvalidDocument
+from bootstrap.host.cloudstack import AgentFacts, Link, OvsView, evaluate
 from bootstrap.model.document import validate_spec
 from bootstrap.resources.properties import derived
 
@@ -171,3 +172,97 @@ def test_unicode_digits_are_not_ports() -> None:
     with pytest.raises(InvalidDocument) as caught:
         validate_spec({"firewall": {"allow_tcp": ["١٦٥٠٩"]}})
     assert caught.value.field == "spec.firewall.allow_tcp[0]"
+
+
+# --- csboot check --cloudstack, judged on hand-made facts (evaluate is pure) -------------
+
+
+PROPS = {
+    "network.bridge.type": "native",
+    "private.network.device": "mgmt0",
+    "public.network.device": "cloudbr0",
+    "guest.network.device": "cloudbr1",
+}
+LINKS = {
+    "eth0": Link("eth0", "veth"),
+    "eth0.100": Link("eth0.100", "vlan"),
+    "eth0.200": Link("eth0.200", "vlan"),
+    "eth0.300": Link("eth0.300", "vlan"),
+    "mgmt0": Link("mgmt0", "bridge", ("192.168.42.11/24",), ("eth0.100",)),
+    "cloudbr0": Link("cloudbr0", "bridge", (), ("eth0.200",)),
+    "cloudbr1": Link("cloudbr1", "bridge", (), ("eth0.300", "vnet0")),
+}
+
+
+def facts(**changes: Any) -> AgentFacts:
+    base: dict[str, Any] = {
+        "properties": PROPS,
+        "links": LINKS,
+        "ovs": None,
+        "management_target": "192.168.42.1",
+        "route_oif": "mgmt0",
+        "libvirt_port": 16509,
+        "listening": frozenset({16509}),
+        "firewall_policy": "drop",
+        "firewall_allows": ((22, 22), (16509, 16509)),
+    }
+    return AgentFacts(**{**base, **changes})
+
+
+def failures(f: AgentFacts) -> dict[str, str]:
+    return {c.name: c.detail for c in evaluate(f) if not c.ok}
+
+
+def test_the_seed_layout_done_right_passes() -> None:
+    assert failures(facts()) == {}
+
+
+def test_an_unaddressed_private_device_is_what_cloudstack_refuses() -> None:
+    links = {**LINKS, "mgmt0": Link("mgmt0", "bridge", (), ("eth0.100",))}
+    bad = failures(facts(links=links))
+    assert "Incorrect details for private Nic" in bad["cloudstack-private"]
+    assert "private.network.device=mgmt0" in bad["cloudstack-private"]
+
+
+def test_defaults_apply_when_keys_are_absent() -> None:
+    bad = failures(facts(properties={}))  # private cloudbr1 (no address), guest = private
+    assert "private.network.device=cloudbr1" in bad["cloudstack-private"]
+    assert "cloudstack-public" not in bad  # cloudbr0 exists and is a bridge
+
+
+def test_the_route_to_the_management_side_must_leave_through_private() -> None:
+    bad = failures(facts(route_oif="eth0"))
+    assert "reached via eth0, not mgmt0" in bad["cloudstack-private-route"]
+
+
+def test_a_plain_vlan_interface_is_not_a_bridge_and_a_bridge_needs_a_nic() -> None:
+    props = {**PROPS, "public.network.device": "eth0.200"}
+    assert "not a Linux bridge" in failures(facts(properties=props))["cloudstack-public"]
+    links = {**LINKS, "cloudbr1": Link("cloudbr1", "bridge", (), ("vnet0",))}
+    assert "no port CloudStack recognises" in failures(facts(links=links))["cloudstack-guest"]
+
+
+def test_storage_is_judged_only_when_named() -> None:
+    assert "cloudstack-storage" not in {c.name for c in evaluate(facts())}
+    props = {**PROPS, "storage.network.device": "cloudbr9"}
+    assert "no such interface" in failures(facts(properties=props))["cloudstack-storage"]
+
+
+def test_open_vswitch_fake_bridges_find_the_parents_uplink() -> None:
+    props = {**PROPS, "network.bridge.type": "openvswitch"}
+    links = {n: Link(n, "openvswitch", ln.ipv4) for n, ln in LINKS.items() if "." not in n}
+    view = OvsView(
+        {"cloudbr": ("eth0",)}, {"mgmt0": "cloudbr", "cloudbr0": "cloudbr", "cloudbr1": "cloudbr"}
+    )
+    assert failures(facts(properties=props, links=links, ovs=view)) == {}
+    bare = OvsView({"cloudbr": ()}, view.fake_parents)
+    assert (
+        "no port" in failures(facts(properties=props, links=links, ovs=bare))["cloudstack-public"]
+    )
+
+
+def test_libvirt_must_listen_and_the_firewall_must_let_it() -> None:
+    assert "nothing listens" in failures(facts(listening=frozenset()))["cloudstack-libvirt"]
+    dropped = failures(facts(firewall_allows=((22, 22),)))["cloudstack-libvirt"]
+    assert "the firewall drops tcp 16509" in dropped
+    assert failures(facts(firewall_policy="accept", firewall_allows=())) == {}
