@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.fullkernel, pytest.mark.root]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "role-kvm.yaml"
 T = TypeVar("T")
 IFF_UP = 0x1
-LINKS = ("eth0", "eth0.100", "eth0.200", "eth0.300", "cloudbr0", "cloudbr1", "vnet0")
+LINKS = ("eth0", "eth0.100", "eth0.200", "eth0.300", "mgmt0", "cloudbr0", "cloudbr1", "vnet0")
 
 
 def network(host: str, address: str, **management: Any) -> Network:
@@ -144,10 +144,10 @@ def test_first_apply_builds_the_seed_layout(lab: Lab) -> None:
         assert outcome.ok, outcome.error
         created = {c.resource for c in plan.changes if c.action == "create"}
         assert {"vlan/eth0.100", "vlan/eth0.200", "vlan/eth0.300"} <= created
-        assert {"bridge/cloudbr0", "bridge/cloudbr1"} <= created
+        assert {"bridge/mgmt0", "bridge/cloudbr0", "bridge/cloudbr1"} <= created
     found = links(lab.a)
     eth0 = found["eth0"]["index"]
-    for vlan, bridge in ((100, None), (200, "cloudbr0"), (300, "cloudbr1")):
+    for vlan, bridge in ((100, "mgmt0"), (200, "cloudbr0"), (300, "cloudbr1")):
         sub = found[f"eth0.{vlan}"]
         assert sub.get(("linkinfo", "kind")) == "vlan"
         assert sub.get(("linkinfo", "data", "vlan_id")) == vlan
@@ -155,7 +155,7 @@ def test_first_apply_builds_the_seed_layout(lab: Lab) -> None:
         assert sub["flags"] & IFF_UP
         master = found[bridge]["index"] if bridge else None
         assert sub.get("master") == master
-    for bridge in ("cloudbr0", "cloudbr1"):
+    for bridge in ("mgmt0", "cloudbr0", "cloudbr1"):
         br = found[bridge]
         assert br.get(("linkinfo", "kind")) == "bridge" and br.get("ifalias") == MARK
         assert br.get(("linkinfo", "data", "br_stp_state")) == 0
@@ -207,7 +207,9 @@ def test_a_hand_edit_shows_as_drift_and_is_set_back(lab: Lab) -> None:
 
 def test_a_change_that_loses_the_peer_is_reverted(lab: Lab) -> None:
     """Moving A's management to VLAN 101 cuts it off from B: the probe fails, all reverts."""
-    moved = network("kvm1", "192.168.42.11/24", vlan=101)
+    data = lab.net_a.model_dump(mode="json")
+    data["bridges"][0]["vlan"] = 101  # mgmt0, the bridge holding the address
+    moved = Network.model_validate(data)
     before = run_in(lab.a, _plan(lab.net_a))
     assert before.changes == []
     plan, outcome = run_in(

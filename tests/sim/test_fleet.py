@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from simulator.checks import CheckResult
-from simulator.fleet import STATE_DIR
+from simulator.fleet import STATE_DIR, Sim
 from simulator.namespaces import ours
 from simulator.pytest_plugin import SimFactory
 
@@ -54,7 +54,7 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
     fleet = sim("nets/ovs.yaml")
     assert [(r.host, r.state) for r in fleet.rollout_rows if not r.ok] == []
     results = _by_name(fleet.check())
-    assert set(results) == {"reach", "isolation", "ports", "migration"}
+    assert set(results) == {"reach", "isolation", "ports", "migration", "cloudstack"}
     for result in results.values():
         assert result.skipped is None, result.name
         assert result.ok, (result.name, [r for r in result.rows if not r.ok])
@@ -68,6 +68,64 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
         (mgmt0,) = ipr.link_lookup(ifname="mgmt0")
         addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=mgmt0)]
     assert "192.168.42.11" in addrs
+
+
+def _passes_every_check(fleet: Sim, *, skipped: set[str] = frozenset()) -> dict[str, CheckResult]:
+    assert [(r.host, r.state, r.detail) for r in fleet.rollout_rows if not r.ok] == []
+    results = _by_name(fleet.check())
+    assert set(results) == {"reach", "isolation", "ports", "migration", "cloudstack"}
+    for result in results.values():
+        assert (result.skipped is not None) == (result.name in skipped), result.name
+        assert result.ok, (result.name, [r for r in result.rows if not r.ok])
+    # CloudStack's agent would start on every host: its private device holds the address
+    private = [r for r in results["cloudstack"].rows if r.subject.endswith("cloudstack-private")]
+    assert len(private) == len(fleet.hosts)
+    return results
+
+
+@pytest.mark.qemu
+def test_the_current_guides_bare_nic_layout_passes_every_check(sim: SimFactory) -> None:
+    fleet = sim("nets/guide-bare-nic.yaml")
+    results = _passes_every_check(fleet, skipped={"isolation"})  # one guest VLAN only
+    assert any("vlan 300" in r.subject for r in results["reach"].rows)
+    kvm1 = fleet.hosts["kvm1"]
+    with kvm1.ns.iproute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        masters = {
+            names[link["index"]]: names.get(link.get_attr("IFLA_MASTER"))
+            for link in ipr.get_links()
+        }
+        (br,) = ipr.link_lookup(ifname="cloudbr0")
+        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=br)]
+    assert "192.168.42.11" in addrs  # moved from the bare eth0 onto its bridge
+    assert masters["eth0"] == "cloudbr0" and masters["eth1"] == "cloudbr1"
+
+
+@pytest.mark.qemu
+def test_a_fleet_built_by_hand_the_seeds_way_is_adopted(sim: SimFactory) -> None:
+    fleet = sim("nets/brownfield-ovs.yaml", rollout=False)
+
+    def rows(name: str) -> dict[str, list[str]]:
+        ovs = fleet.hosts[name].ovs
+        assert ovs is not None
+        out = {}
+        for table in ("Bridge", "Port", "Interface"):
+            listing = json.loads(ovs.vsctl("--format=json", "--columns=_uuid,name", "list", table))
+            out[table] = sorted(f"{n}={u[1]}" for u, n in listing["data"])
+        return out
+
+    built = {name: rows(name) for name in fleet.hosts}
+    assert "Bridge" in built["kvm1"] and any("mgmt0" in r for r in built["kvm1"]["Port"])
+    fleet.rollout()
+    # adopted, not rebuilt: the same rows (uuids), now marked ours
+    assert {name: rows(name) for name in fleet.hosts} == built
+    ovs = fleet.hosts["kvm2"].ovs
+    assert ovs is not None
+    assert (
+        ovs.vsctl("get", "port", "mgmt0", "external_ids:cloudstack-bootstrap").strip() == "managed"
+    )
+    assert ovs.vsctl("get", "port", "eth0", "trunks").strip() == "[100, 200, 300]"
+    _passes_every_check(fleet)
 
 
 def test_broken_net_fails_exactly_the_right_checks(sim: SimFactory) -> None:

@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 OVS: dict[str, Any] = yaml.safe_load((REPO / "nets/ovs.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["basic", "ovs", "mixed", "lxc-direct", "scale-100"])
+SHIPPED = sorted(p.stem for p in (REPO / "nets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_nets_load(name: str) -> None:
     net = load_net(REPO / f"nets/{name}.yaml")
     layout = net.layout()
@@ -45,7 +48,31 @@ def test_big_fleets_use_a_ring() -> None:
 
 def test_native_nets_need_8021q() -> None:
     assert needs_8021q(load_net(REPO / "nets/basic.yaml"))
+    assert needs_8021q(load_net(REPO / "nets/seed-native.yaml"))
     assert not needs_8021q(load_net(REPO / "nets/ovs.yaml"))
+    # untagged bridges on bare NICs need no VLAN interface
+    assert not needs_8021q(load_net(REPO / "nets/guide-bare-nic.yaml"))
+
+
+def test_a_role_naming_the_management_bridge_gets_only_the_address() -> None:
+    layout = load_net(REPO / "nets/seed-native.yaml").layout()
+    kvm1 = layout.host("kvm1")
+    assert kvm1.host_doc["spec"]["network"]["management"] == {
+        "address": "192.168.42.11/24",
+        "gateway": "192.168.42.1",
+    }
+    assert kvm1.spec.network is not None
+    mgmt = kvm1.spec.network.device("management")
+    assert mgmt is not None and (mgmt.name, mgmt.vlan) == ("mgmt0", 100)
+
+
+def test_untagged_bridges_carry_their_nics_native_vlan() -> None:
+    layout = load_net(REPO / "nets/guide-bare-nic.yaml").layout()
+    kvm2 = layout.host("kvm2")
+    assert kvm2.bridges == {300: "cloudbr1"}  # management (100) is checked host to host
+    assert list(kvm2.nics) == ["eth0", "eth1"]
+    assert (kvm2.port_of("eth0"), kvm2.port_of("eth1")) == ("h001", "h001n1")
+    assert kvm2.install_mode == "bare" and kvm2.install_address == kvm2.mgmt
 
 
 def _broken(path: list[str | int], value: Any) -> dict[str, Any]:
@@ -55,6 +82,21 @@ def _broken(path: list[str | int], value: Any) -> dict[str, Any]:
         node = node[key]
     node[path[-1]] = value
     return data
+
+
+def test_install_modes_need_their_switch_and_backend() -> None:
+    bare = dict(OVS, install={"management": "bare"})
+    with pytest.raises(InvalidDocument) as err:
+        parse_net(bare)
+    assert err.value.field == "switch.native_vlan" and "management VLAN" in err.value.reason
+    seed = dict(OVS, install={"management": "seed-ovs"}, hosts=[{"name": "kvm1"}])
+    with pytest.raises(InvalidDocument) as err:
+        parse_net(seed)
+    assert err.value.field == "hosts[0].install"
+    nic = dict(OVS, switch={**OVS["switch"], "nics": {"eth1": {"trunk_vlans": [999]}}})
+    with pytest.raises(InvalidDocument) as err:
+        parse_net(nic)
+    assert err.value.field == "switch.nics.eth1.trunk_vlans[0]"
 
 
 @pytest.mark.parametrize(
