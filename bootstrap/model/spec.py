@@ -324,6 +324,13 @@ def _check_network(net: Network) -> None:
                     "does not list)",
                 )
     names = {b.name for b, _ in sources}
+    if implied is not None and implied.name in {b.name for b in net.bridges}:
+        raise FieldError(
+            ("openvswitch", "management_bridge"),
+            f"management.vlan implies a management bridge {implied.name!r}, and a listed "
+            "bridge has that name: list the management bridge with traffic [management] "
+            "instead, or name it otherwise",
+        )
     ports: dict[tuple[str, int | None], tuple[str | int, ...]] = {}
     for b, where in sources:
         uplink = net.uplink_of(b)

@@ -141,6 +141,10 @@ def test_management_vlan_beside_a_management_bridge_is_two_sources() -> None:
 @pytest.mark.parametrize(
     ("network", "field"),
     [
+        (
+            {"management": {"vlan": 100, **MGMT}, "bridges": [{"name": "mgmt0", "vlan": 200}]},
+            "spec.network.openvswitch.management_bridge",
+        ),
         # a bridge named like the VLAN sub-interface another bridge needs
         (
             {"bridges": [{"name": "eth0.300"}, {"name": "cloudbr1", "vlan": 300}]},
