@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulator.namespaces import Namespace, veth_pair
-from simulator.nets import NicPort, Switch
+from simulator.nets import NicPort, Switch, SwitchBond
 from simulator.ovs import OvsDaemons
 
 __all__ = ["SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
@@ -70,6 +70,13 @@ def no_offload(ns: Namespace, ifname: str) -> None:
             eth.close()
 
 
+def _trunk_settings(nic: NicPort) -> list[str]:
+    settings = ["trunks=" + ",".join(str(v) for v in nic.trunk_vlans)]
+    if nic.native_vlan is not None:
+        return [*settings, "vlan_mode=native-untagged", f"tag={nic.native_vlan}"]
+    return [*settings, "vlan_mode=trunk"]
+
+
 @dataclass(slots=True)
 class Fabric:
     """The switch namespace and its ports; ``add_*`` wire a namespace to it."""
@@ -115,17 +122,36 @@ class Fabric:
                 ipr.link("set", index=idx, master=br)
         self.ports.append(port)
 
-    def add_trunk(self, peer: Namespace, peer_if: str, port: str, nic: NicPort) -> None:
+    def add_trunk(
+        self, peer: Namespace, peer_if: str, port: str, nic: NicPort, *, attach: bool = True
+    ) -> None:
         """A host NIC: a trunk carrying the port's VLANs (its native one untagged)."""
         veth_pair(peer, peer_if, self.ns, port)
         no_offload(peer, peer_if)
-        trunks = ",".join(str(v) for v in nic.trunk_vlans)
-        settings = [f"trunks={trunks}"]
-        if nic.native_vlan is not None:
-            settings += ["vlan_mode=native-untagged", f"tag={nic.native_vlan}"]
-        else:
-            settings += ["vlan_mode=trunk"]
-        self._attach(port, *settings)
+        if attach:
+            self._attach(port, *_trunk_settings(nic))
+
+    def add_lag(self, name: str, ports: list[str], nic: NicPort, bond: SwitchBond) -> None:
+        """The switch side of a host bond: ``ports`` aggregated into one trunk port."""
+        if self.ovs is None:
+            raise ValueError("a LAG needs the Open vSwitch switch (kind: ovs)")
+        for port in ports:
+            no_offload(self.ns, port)
+        self.ovs.vsctl(
+            "add-bond",
+            SWITCH_BRIDGE,
+            name,
+            *ports,
+            f"lacp={bond.lacp}",
+            f"bond_mode={bond.mode}",
+            "other_config:lacp-time=fast",
+            "--",
+            "set",
+            "port",
+            name,
+            *_trunk_settings(nic),
+        )
+        self.ports += ports
 
     def add_access(
         self,
@@ -154,6 +180,12 @@ class Fabric:
             for a in addresses:
                 ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
         return iface
+
+    def set_port(self, port: str, *, up: bool) -> None:
+        """Cut (or restore) one switch-side link, as a pulled cable does."""
+        with self.ns.iproute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=port)
+            ipr.link("set", index=idx, state="up" if up else "down")
 
     def stop(self) -> None:
         if self.ovs is not None:

@@ -97,8 +97,13 @@ class SimHost:
         # outgoing connections (the agent's MQTT session) off them, as a real host must,
         # or a migration listener (or the ports check's stand-in) cannot bind.
         ns.run(["sysctl", "-qw", f"net.ipv4.ip_local_reserved_ports={RESERVED_PORTS}"])
+        lag = fabric.spec.bond
         for nic, port in layout.nics.items():
-            fabric.add_trunk(ns, nic, layout.port_of(nic), port)
+            bonded = lag is not None and nic in lag.nics
+            fabric.add_trunk(ns, nic, layout.port_of(nic), port, attach=not bonded)
+        if lag is not None:
+            ports = [layout.port_of(n) for n in lag.nics]
+            fabric.add_lag(f"h{layout.index:03d}b", ports, layout.nics[lag.nics[0]], lag)
         if layout.backend == "openvswitch":
             host.ovs = OvsDaemons(root, ns).start()
         iface = layout.uplink

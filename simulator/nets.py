@@ -66,6 +66,14 @@ class NicPort(_Strict):
     native_vlan: VlanId | None = None
 
 
+class SwitchBond(_Strict):
+    """The switch's side of a host bond: the host's NICs' ports aggregated (LACP)."""
+
+    nics: Annotated[tuple[str, ...], Field(min_length=2)] = ("eth0", "eth1")
+    lacp: Literal["active", "passive", "off"] = "active"
+    mode: Literal["balance-tcp", "balance-slb", "active-backup"] = "balance-tcp"
+
+
 class Switch(_Strict):
     """A top-of-rack switch: host ports are trunks, the broker sits on an access port.
 
@@ -77,6 +85,7 @@ class Switch(_Strict):
     trunk_vlans: tuple[VlanId, ...]
     native_vlan: VlanId | None = None
     nics: dict[Annotated[str, Field(pattern=r"^eth[1-9]$")], NicPort] = Field(default_factory=dict)
+    bond: SwitchBond | None = None  # aggregate each host's ports (an LACP LAG per host)
 
     def host_ports(self) -> dict[str, NicPort]:
         """Every host NIC and its port, ``eth0`` first."""
@@ -195,6 +204,16 @@ class Net(_Strict):
                 raise FieldError(
                     ("hosts", i, "install"), "'seed-ovs' builds Open vSwitch: backend openvswitch"
                 )
+        if (bond := self.switch.bond) is not None:
+            ports = self.switch.host_ports()
+            for j, nic in enumerate(bond.nics):
+                if nic not in ports:
+                    raise FieldError(("switch", "bond", "nics", j), f"no host NIC {nic!r}")
+                if ports[nic] != ports[bond.nics[0]]:
+                    raise FieldError(
+                        ("switch", "bond", "nics", j),
+                        "a LAG's ports must carry the same VLANs (and native VLAN)",
+                    )
         for nic, port in self.switch.nics.items():
             for j, vid in enumerate(port.trunk_vlans):
                 if vid not in ids:

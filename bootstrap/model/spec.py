@@ -219,6 +219,46 @@ class Bridge(Strict):
         return traffic
 
 
+NATIVE_BOND_MODES = ("active-backup", "802.3ad", "balance-xor", "balance-tlb", "balance-alb")
+OVS_BOND_MODES = ("active-backup", "balance-slb", "balance-tcp")
+BondMode = Literal[
+    "active-backup",
+    "802.3ad",
+    "balance-xor",
+    "balance-tlb",
+    "balance-alb",
+    "balance-slb",
+    "balance-tcp",
+]
+
+
+class Bond(Strict):
+    """A bond of NICs that bridges (or the network's uplink) sit on, like any NIC.
+
+    Native (Linux bonding): ``active-backup``, ``802.3ad`` (LACP), ``balance-xor``,
+    ``balance-tlb``, ``balance-alb``. Open vSwitch: ``active-backup``, ``balance-slb``,
+    ``balance-tcp`` with ``lacp``. ``lacp_rate`` is LACPDUs every second (fast) or 30 s.
+    """
+
+    name: NicName
+    members: Annotated[tuple[NicName, ...], Field(min_length=1, max_length=16)]
+    mode: BondMode = "active-backup"
+    miimon: Annotated[StrictInt, Field(ge=0, le=60000)] = 100
+    lacp: Literal["active", "passive", "off"] | None = None
+    lacp_rate: Literal["slow", "fast"] = "slow"
+    xmit_hash_policy: Literal["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4"] | None = (
+        None
+    )
+
+    @field_validator("members")
+    @classmethod
+    def _distinct(cls, members: tuple[str, ...]) -> tuple[str, ...]:
+        for i, m in enumerate(members):
+            if m in members[:i]:
+                raise FieldError((i,), f"{m!r} is listed twice")
+        return members
+
+
 class OpenVSwitch(Strict):
     bridge: IfName = "cloudbr"
     datapath: Literal["system", "netdev"] = "system"
@@ -230,6 +270,7 @@ class Network(Strict):
     uplink: NicName
     mtu: Mtu = 1500
     management: Management | None = None
+    bonds: tuple[Bond, ...] = ()
     bridges: tuple[Bridge, ...] = ()
     openvswitch: OpenVSwitch = OpenVSwitch()
 
@@ -268,8 +309,11 @@ class Network(Strict):
     def uplink_of(self, bridge: Bridge) -> str:
         return bridge.uplink or self.uplink
 
+    def bond(self, name: str) -> Bond | None:
+        return next((b for b in self.bonds if b.name == name), None)
+
     def uplinks(self) -> tuple[str, ...]:
-        """Every NIC a bridge sits on, the network's own first."""
+        """Every NIC (or bond) a bridge sits on, the network's own first."""
         out = [self.uplink]
         for b in self.bridges:
             if (u := self.uplink_of(b)) not in out:
@@ -290,8 +334,59 @@ class Network(Strict):
         return [b.vlan for b in self.all_bridges() if b.vlan is not None]
 
 
+def _check_bonds(net: Network) -> None:
+    modes = NATIVE_BOND_MODES if net.backend == "native" else OVS_BOND_MODES
+    seen: dict[str, tuple[str | int, ...]] = {}
+    for i, bond in enumerate(net.bonds):
+        where: tuple[str | int, ...] = ("bonds", i)
+        if bond.name in seen:
+            raise FieldError((*where, "name"), f"duplicate bond {bond.name!r}")
+        seen[bond.name] = (*where, "name")
+        if bond.mode not in modes:
+            raise FieldError(
+                (*where, "mode"),
+                f"the {net.backend} backend has no bond mode {bond.mode!r}; "
+                f"one of {', '.join(modes)}",
+            )
+        if net.backend == "native":
+            if bond.lacp is not None:
+                raise FieldError(
+                    (*where, "lacp"),
+                    "lacp is Open vSwitch's setting; a native bond speaks LACP in mode 802.3ad",
+                )
+        else:
+            if bond.xmit_hash_policy is not None:
+                raise FieldError(
+                    (*where, "xmit_hash_policy"),
+                    "a Linux bonding setting; Open vSwitch hashes by its bond mode",
+                )
+            if bond.mode == "balance-tcp" and bond.lacp in (None, "off"):
+                raise FieldError((*where, "lacp"), "balance-tcp needs LACP: lacp active or passive")
+        for j, member in enumerate(bond.members):
+            if member in seen:
+                raise FieldError(
+                    (*where, "members", j), f"{member!r} is already used by {_dot(seen[member])}"
+                )
+            seen[member] = (*where, "members", j)
+            if member in net.uplinks() or net.bond(member) is not None:
+                raise FieldError(
+                    (*where, "members", j),
+                    f"{member!r} is a bond member: bridges sit on the bond {bond.name!r}, "
+                    "not on its members",
+                )
+    if net.backend == "openvswitch" and len(net.bonds) > 1:
+        raise FieldError(("bonds", 1), "the openvswitch backend trunks one uplink (one bond)")
+    for i, bond in enumerate(net.bonds):
+        if bond.name not in net.uplinks():
+            raise FieldError(
+                ("bonds", i, "name"),
+                f"no bridge sits on bond {bond.name!r}: name it as an uplink or remove it",
+            )
+
+
 def _check_network(net: Network) -> None:
     """The cross-field rules of ``spec.network``; each error names its field."""
+    _check_bonds(net)
     implied = net.implied_management_bridge()
     # (bridge, the field that defined it): the implied bridge is the management section's
     sources: list[tuple[Bridge, tuple[str | int, ...]]] = []

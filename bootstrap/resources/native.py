@@ -19,15 +19,20 @@ from typing import Any, ClassVar, TypeVar
 from pyroute2 import AsyncIPRoute, NetlinkError
 
 from bootstrap.engine.resource import Change, Resource
-from bootstrap.errors import ResourceError
+from bootstrap.errors import InvalidDocument, ResourceError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Network
 from bootstrap.resources.native_state import (
+    BOND_MODES,
+    LACP_RATE,
     MARK,
+    XMIT_HASH,
+    BondState,
     BridgeState,
     LinkState,
     UplinkState,
     VlanState,
+    bond_changes,
     bridge_changes,
     bridge_settings,
     layout,
@@ -36,10 +41,22 @@ from bootstrap.resources.native_state import (
     vlan_changes,
 )
 
-__all__ = ["BridgeResource", "StaleLinks", "UplinkResource", "VlanResource", "native_resources"]
+__all__ = [
+    "BondResource",
+    "BridgeResource",
+    "StaleLinks",
+    "UplinkResource",
+    "VlanResource",
+    "native_resources",
+]
 
 IFF_UP = 0x1
-_L = TypeVar("_L", VlanState, BridgeState)
+_L = TypeVar("_L", VlanState, BridgeState, BondState)
+_BY_NUMBER = {
+    "mode": {v: k for k, v in BOND_MODES.items()},
+    "xmit_hash_policy": {v: k for k, v in XMIT_HASH.items()},
+    "lacp_rate": {v: k for k, v in LACP_RATE.items()},
+}
 
 
 async def _get(ipr: Any, **key: Any) -> Any | None:
@@ -106,9 +123,34 @@ async def _bridge_state(ipr: Any, msg: Any, managed: frozenset[str] | None) -> B
     )
 
 
+async def _bond_state(ipr: Any, msg: Any) -> BondState:
+    """The bond with every member (a bond's members are all the spec's business)."""
+
+    def data(key: str) -> int:
+        return int(msg.get(("linkinfo", "data", key)) or 0)
+
+    members = [
+        port.get("ifname")
+        async for port in await ipr.link("dump", master=msg["index"])
+        if port.get("master") == msg["index"]
+    ]
+    return BondState(
+        ifname=msg.get("ifname"),
+        mode=_BY_NUMBER["mode"].get(data("bond_mode"), "?"),
+        miimon=data("bond_miimon"),
+        lacp_rate=_BY_NUMBER["lacp_rate"].get(data("bond_ad_lacp_rate"), "?"),
+        xmit_hash_policy=_BY_NUMBER["xmit_hash_policy"].get(data("bond_xmit_hash_policy"), "?"),
+        members=tuple(sorted(members)),
+        mtu=int(msg.get("mtu")),
+        up=bool(msg["flags"] & IFF_UP),
+        ours=msg.get("ifalias") == MARK,
+        alias=_foreign_alias(msg),
+    )
+
+
 async def read_link(
     ifname: str, kind: str, resource: str, managed: frozenset[str] = frozenset()
-) -> VlanState | BridgeState | None:
+) -> VlanState | BridgeState | BondState | None:
     """The link ``ifname`` if it exists; an error naming ``resource`` if it is another kind."""
     async with AsyncIPRoute() as ipr:
         msg = await _get(ipr, ifname=ifname)
@@ -121,6 +163,8 @@ async def read_link(
             )
         if kind == "vlan":
             return await _vlan_state(ipr, msg)
+        if kind == "bond":
+            return await _bond_state(ipr, msg)
         return await _bridge_state(ipr, msg, managed)
 
 
@@ -136,7 +180,10 @@ async def read_marked(exclude: frozenset[str]) -> tuple[LinkState, ...]:
                 found.append(await _vlan_state(ipr, msg))
             elif _kind(msg) == "bridge":
                 found.append(await _bridge_state(ipr, msg, None))
-    return tuple(sorted(found, key=lambda s: (s.kind != "vlan", s.ifname)))
+            elif _kind(msg) == "bond":
+                found.append(await _bond_state(ipr, msg))
+    order = {"bond": 0, "vlan": 1, "bridge": 2}
+    return tuple(sorted(found, key=lambda s: (order[s.kind], s.ifname)))
 
 
 def _owned_target(current: _L | None, desired: _L | None) -> _L | None:
@@ -236,13 +283,65 @@ async def converge_bridge(
     await _mark(ipr, index, now, target)
 
 
+def bond_settings(target: BondState) -> dict[str, object]:
+    """Pure: pyroute2 ``link add``/``set`` arguments for a bond's settings."""
+    return {
+        "kind": "bond",
+        "bond_mode": BOND_MODES[target.mode],
+        "bond_miimon": target.miimon,
+        "bond_ad_lacp_rate": LACP_RATE[target.lacp_rate],
+        "bond_xmit_hash_policy": XMIT_HASH[target.xmit_hash_policy],
+    }
+
+
+async def converge_bond(
+    ipr: Any, resource: str, now: BondState | None, target: BondState | None
+) -> None:
+    """Take one bond from ``now`` to ``target``. A new mode means a new bond (the kernel
+    changes it only on an empty, down bond): members are released and enslaved again."""
+    if now == target:
+        return
+    if now is not None and (target is None or now.mode != target.mode):
+        old = await _get(ipr, ifname=now.ifname)
+        if old is not None:
+            await ipr.link("del", index=old["index"])  # releases every member
+        now = None
+    if target is None:
+        return
+    if now is None:
+        await ipr.link("add", ifname=target.ifname, **bond_settings(target))
+        index = await _index(ipr, target.ifname, resource)
+        if target.ours or target.alias:
+            await _mark(ipr, index, None, target)
+        now = await _bond_state(ipr, await _get(ipr, index=index))
+    index = await _index(ipr, target.ifname, resource)
+    if any(
+        getattr(now, k) != getattr(target, k) for k in ("miimon", "lacp_rate", "xmit_hash_policy")
+    ):
+        settings = bond_settings(target)
+        del settings["bond_mode"]
+        await ipr.link("set", index=index, **settings)
+    for member in now.members:
+        if member not in target.members:
+            await ipr.link("set", index=await _index(ipr, member, resource), master=0)
+    for member in target.members:
+        if member not in now.members:
+            m = await _index(ipr, member, resource)
+            await ipr.link("set", index=m, state="down")  # the kernel enslaves only down links
+            await ipr.link("set", index=m, master=index)
+            await ipr.link("set", index=m, state="up")
+    await _set(ipr, index, link_settings(now, target))  # the MTU reaches every member
+    await _mark(ipr, index, now, target)
+
+
 class UplinkResource(Resource[UplinkState | None]):
     """The operator's uplink: we set its MTU and bring it up, nothing else."""
 
     state_type: ClassVar[Any] = UplinkState | None
 
-    def __init__(self, desired: UplinkState) -> None:
+    def __init__(self, desired: UplinkState, *, field: str | None = None) -> None:
         self._desired = desired
+        self._field = field  # where the spec names it, for an error that says so
 
     @property
     def name(self) -> str:
@@ -256,6 +355,10 @@ class UplinkResource(Resource[UplinkState | None]):
         return UplinkState(msg.get("ifname"), int(msg.get("mtu")), bool(msg["flags"] & IFF_UP))
 
     def target(self, current: UplinkState | None) -> UplinkState | None:
+        if current is None and self._field is not None:
+            raise InvalidDocument(
+                f"{self._desired.ifname} does not exist on this host", field=self._field
+            )
         if current is None:
             raise ResourceError(
                 f"the uplink {self._desired.ifname} does not exist", resource=self.name
@@ -315,6 +418,21 @@ class VlanResource(_OwnedLink[VlanState]):
         return vlan_changes(self.name, current, target)
 
 
+class BondResource(_OwnedLink[BondState]):
+    """One bond of NICs; VLAN interfaces and bridges sit on it as on a NIC."""
+
+    state_type: ClassVar[Any] = BondState | None
+    kind = "bond"
+
+    async def observe(self) -> BondState | None:
+        state = await read_link(self._ifname, "bond", self.name)
+        assert state is None or isinstance(state, BondState)
+        return state
+
+    def diff(self, current: BondState | None, target: BondState | None) -> list[Change]:
+        return bond_changes(self.name, current, target)
+
+
 class BridgeResource(_OwnedLink[BridgeState]):
     """One bridge with its VLAN port."""
 
@@ -363,12 +481,17 @@ class StaleLinks(Resource[tuple[LinkState, ...]]):
         out: list[Change] = []
         for name in sorted(wanted.keys() | found.keys()):
             now, then = found.get(name), wanted.get(name)
-            if isinstance(now, BridgeState) or isinstance(then, BridgeState):
-                bnow = now if isinstance(now, BridgeState) else None
-                bthen = then if isinstance(then, BridgeState) else None
-                out += bridge_changes(f"bridge/{name}", bnow, bthen)
+            either = now or then
+            assert either is not None
+            kind = either.kind
+            if kind == "bridge":
+                out += bridge_changes(
+                    f"bridge/{name}", _as(BridgeState, now), _as(BridgeState, then)
+                )
+            elif kind == "bond":
+                out += bond_changes(f"bond/{name}", _as(BondState, now), _as(BondState, then))
             else:
-                out += vlan_changes(f"vlan/{name}", now, then)
+                out += vlan_changes(f"vlan/{name}", _as(VlanState, now), _as(VlanState, then))
         return out
 
     async def apply(self, current: tuple[LinkState, ...], target: tuple[LinkState, ...]) -> None:
@@ -376,11 +499,11 @@ class StaleLinks(Resource[tuple[LinkState, ...]]):
         wanted = {s.ifname: s for s in target}
         try:
             async with AsyncIPRoute() as ipr:
-                for kind in ("bridge", "vlan"):  # bridges go first and free their ports
+                for kind in ("bridge", "vlan", "bond"):  # bridges go first and free their ports
                     for state in found.values():
                         if state.kind == kind and state.ifname not in wanted:
                             await _converge(ipr, state, None)
-                for kind in ("vlan", "bridge"):  # ports exist before their bridge
+                for kind in ("bond", "vlan", "bridge"):  # ports exist before their bridge
                     for state in wanted.values():
                         if state.kind == kind:
                             await _converge(ipr, found.get(state.ifname), state)
@@ -388,17 +511,35 @@ class StaleLinks(Resource[tuple[LinkState, ...]]):
             raise ResourceError(f"netlink: {exc}", resource=self.name) from exc
 
 
+_T = TypeVar("_T")
+
+
+def _as(kind: type[_T], state: object) -> _T | None:
+    return state if isinstance(state, kind) else None
+
+
 async def _converge(ipr: Any, now: LinkState | None, target: LinkState | None) -> None:
     state = target or now
     assert state is not None
+    name = _resource_name(state)
     if isinstance(state, BridgeState):
-        bnow = now if isinstance(now, BridgeState) else None
-        bthen = target if isinstance(target, BridgeState) else None
-        await converge_bridge(ipr, _resource_name(state), bnow, bthen)
+        await converge_bridge(ipr, name, _as(BridgeState, now), _as(BridgeState, target))
+    elif isinstance(state, BondState):
+        await converge_bond(ipr, name, _as(BondState, now), _as(BondState, target))
     else:
-        vnow = now if isinstance(now, VlanState) else None
-        vthen = target if isinstance(target, VlanState) else None
-        await converge_vlan(ipr, _resource_name(state), vnow, vthen)
+        await converge_vlan(ipr, name, _as(VlanState, now), _as(VlanState, target))
+
+
+def _nic_fields(network: Network) -> dict[str, str]:
+    """Where the spec names each NIC, so a missing one is an error naming the field."""
+    out = {network.uplink: "spec.network.uplink"}
+    for i, b in enumerate(network.bridges):
+        if b.uplink and b.uplink not in out:
+            out[b.uplink] = f"spec.network.bridges[{i}].uplink"
+    for i, bond in enumerate(network.bonds):
+        for j, member in enumerate(bond.members):
+            out[member] = f"spec.network.bonds[{i}].members[{j}]"
+    return out
 
 
 def native_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
@@ -408,7 +549,10 @@ def native_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
     """
     del host
     wanted = layout(network)
-    out: list[Resource[Any]] = [UplinkResource(u) for u in wanted.uplinks]
+    out: list[Resource[Any]] = [
+        UplinkResource(u, field=_nic_fields(network).get(u.ifname)) for u in wanted.uplinks
+    ]
+    out += [BondResource(b.ifname, b) for b in wanted.bonds]
     vlans = {v.ifname: v for v in wanted.vlans}
     for bridge in wanted.bridges:  # each bridge right after the VLAN it enslaves
         for port in bridge.ports:

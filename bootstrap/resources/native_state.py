@@ -24,11 +24,13 @@ from bootstrap.model.spec import Network
 
 __all__ = [
     "MARK",
+    "BondState",
     "BridgeState",
     "Layout",
     "LinkState",
     "UplinkState",
     "VlanState",
+    "bond_changes",
     "bridge_changes",
     "bridge_settings",
     "layout",
@@ -88,7 +90,40 @@ class BridgeState:
     kind: Literal["bridge"] = "bridge"
 
 
-LinkState = Annotated[VlanState | BridgeState, Discriminator("kind")]
+BOND_MODES = {
+    "balance-rr": 0,
+    "active-backup": 1,
+    "balance-xor": 2,
+    "broadcast": 3,
+    "802.3ad": 4,
+    "balance-tlb": 5,
+    "balance-alb": 6,
+}
+"""IFLA_BOND_MODE values (include/uapi/linux/if_bonding.h)."""
+XMIT_HASH = {"layer2": 0, "layer3+4": 1, "layer2+3": 2, "encap2+3": 3, "encap3+4": 4}
+LACP_RATE = {"slow": 0, "fast": 1}
+HASHED_MODES = frozenset({"balance-xor", "802.3ad", "balance-tlb"})
+"""The modes whose transmit hash policy the kernel uses (and reports)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BondState:
+    """A Linux bond and its members (sorted); settings as the kernel reports them."""
+
+    ifname: str
+    mode: str
+    miimon: int
+    lacp_rate: str
+    xmit_hash_policy: str
+    members: tuple[str, ...]
+    mtu: int
+    up: bool
+    ours: bool = True
+    alias: str | None = None
+    kind: Literal["bond"] = "bond"
+
+
+LinkState = Annotated[VlanState | BridgeState | BondState, Discriminator("kind")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +134,15 @@ class Layout:
     vlans: tuple[VlanState, ...]
     bridges: tuple[BridgeState, ...]
     management_ifname: str | None
+    bonds: tuple[BondState, ...] = ()
 
     @property
     def names(self) -> frozenset[str]:
-        return frozenset(v.ifname for v in self.vlans) | {b.ifname for b in self.bridges}
+        return (
+            frozenset(v.ifname for v in self.vlans)
+            | {b.ifname for b in self.bridges}
+            | {b.ifname for b in self.bonds}
+        )
 
 
 def layout(network: Network) -> Layout:
@@ -144,30 +184,86 @@ def layout(network: Network) -> Layout:
             )
         )
     mgmt = network.device("management") if network.management is not None else None
+    bonds = tuple(
+        BondState(
+            b.name,
+            b.mode,
+            b.miimon,
+            b.lacp_rate if b.mode == "802.3ad" else "slow",
+            (b.xmit_hash_policy or "layer2") if b.mode in HASHED_MODES else "layer2",
+            tuple(sorted(b.members)),
+            network.mtu,
+            up=True,
+        )
+        for b in network.bonds
+    )
+    members = [m for b in network.bonds for m in b.members]
+    nics = [u for u in network.uplinks() if network.bond(u) is None]
     return Layout(
-        tuple(UplinkState(u, network.mtu, up=True) for u in network.uplinks()),
+        tuple(UplinkState(u, network.mtu, up=True) for u in [*members, *nics]),
         tuple(vlans),
         tuple(bridges),
         mgmt.name if mgmt is not None else None,
+        bonds,
     )
 
 
-def mismatch(current: VlanState | BridgeState, wanted: VlanState | BridgeState) -> list[str]:
+AnyLink = VlanState | BridgeState | BondState
+
+
+def mismatch(current: AnyLink, wanted: AnyLink) -> list[str]:
     """Pure: what differs between two links of one kind, ignoring who owns them."""
     if isinstance(current, VlanState) and isinstance(wanted, VlanState):
         return _vlan_words(current, wanted)
     if isinstance(current, BridgeState) and isinstance(wanted, BridgeState):
         return _bridge_words(current, wanted)
+    if isinstance(current, BondState) and isinstance(wanted, BondState):
+        return _bond_words(current, wanted)
     return [f"kind {current.kind} → {wanted.kind}"]
+
+
+BOND_SETTINGS = ("mode", "miimon", "lacp_rate", "xmit_hash_policy")
+
+
+def _bond_words(current: BondState, wanted: BondState) -> list[str]:
+    words = [
+        f"{name} {getattr(current, name)} → {getattr(wanted, name)}"
+        for name in BOND_SETTINGS
+        if getattr(current, name) != getattr(wanted, name)
+    ]
+    words += [f"member +{m}" for m in wanted.members if m not in current.members]
+    words += [f"member -{m}" for m in current.members if m not in wanted.members]
+    return words + _common_words(current, wanted)
+
+
+def _describe_bond(state: BondState) -> str:
+    members = ", ".join(state.members) or "none"
+    return (
+        f"mode {state.mode}, miimon {state.miimon}, lacp rate {state.lacp_rate}, "
+        f"hash {state.xmit_hash_policy}, members {members}, mtu {state.mtu}, {_updown(state.up)}"
+    )
+
+
+def bond_changes(name: str, current: BondState | None, target: BondState | None) -> list[Change]:
+    """Pure: the plan lines for one bond."""
+    if current == target:
+        return []
+    if current is None:
+        assert target is not None
+        return [Change(name, "create", _describe_bond(target))]
+    if target is None:
+        return [Change(name, "delete", _describe_bond(current))]
+    words = mismatch(current, target)
+    if adopted := _ownership(name, current, target, words):
+        return adopted
+    return [Change(name, "modify", "; ".join(words))] if words else []
 
 
 def _updown(up: bool) -> str:
     return "up" if up else "down"
 
 
-def _common_words(
-    current: VlanState | BridgeState | UplinkState, wanted: VlanState | BridgeState | UplinkState
-) -> list[str]:
+def _common_words(current: AnyLink | UplinkState, wanted: AnyLink | UplinkState) -> list[str]:
     words = []
     if current.mtu != wanted.mtu:
         words.append(f"mtu {current.mtu} → {wanted.mtu}")
@@ -219,9 +315,7 @@ def _describe_bridge(state: BridgeState) -> str:
     )
 
 
-def _ownership(
-    name: str, current: VlanState | BridgeState, target: VlanState | BridgeState, words: list[str]
-) -> list[Change]:
+def _ownership(name: str, current: AnyLink, target: AnyLink, words: list[str]) -> list[Change]:
     """An adoption (the operator's link becomes ours) or its undo, with what else changes."""
     if current.ours == target.ours:
         return []
@@ -274,7 +368,7 @@ def uplink_changes(name: str, current: UplinkState, target: UplinkState) -> list
 
 
 def link_settings(
-    current: VlanState | BridgeState | UplinkState, target: VlanState | BridgeState | UplinkState
+    current: AnyLink | UplinkState, target: AnyLink | UplinkState
 ) -> dict[str, object]:
     """Pure: the pyroute2 ``link set`` arguments for the MTU and up/down, when they differ."""
     out: dict[str, object] = {}

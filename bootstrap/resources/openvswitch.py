@@ -43,6 +43,7 @@ from bootstrap.resources.ovsdb import OvsdbClient, OvsdbError, Row, Txn, connect
 __all__ = ["MARK", "OpenVSwitch", "openvswitch_resources"]
 
 MARK = {"cloudstack-bootstrap": "managed"}
+BOND_OTHER_CONFIG = ("lacp-time", "bond-detect-mode", "bond-miimon-interval")
 IFF_UP = 0x1
 
 
@@ -82,7 +83,7 @@ def _read(client: OvsdbClient, want: OvsBridge | None) -> OvsState:
             elif port.fake_bridge:
                 fakes.append(FakeBridge(port.name, _opt(port.tag) or 0, iface_mtu, False, mine))
             elif uplink is None:
-                uplink = Uplink(port.name, tuple(sorted(port.trunks)), iface_mtu, mine)
+                uplink = _read_uplink(port, iface_mtu, mine)
         bridges.append(
             OvsBridge(
                 row.name,
@@ -95,6 +96,24 @@ def _read(client: OvsdbClient, want: OvsBridge | None) -> OvsState:
             )
         )
     return OvsState(tuple(sorted(bridges, key=lambda b: b.name)), tuple(sorted(foreign & wanted)))
+
+
+def _read_uplink(port: Row, mtu: int | None, ours: bool) -> Uplink:
+    other: dict[str, str] = port.other_config
+    names = tuple(sorted(i.name for i in port.interfaces))
+    bonded = len(names) > 1 or bool(port.bond_mode)
+    miimon = other.get("bond-miimon-interval")
+    return Uplink(
+        port.name,
+        tuple(sorted(port.trunks)),
+        mtu,
+        ours,
+        members=names if bonded else (),
+        bond_mode=port.bond_mode[0] if port.bond_mode else None,
+        lacp=port.lacp[0] if port.lacp else None,
+        lacp_time=other.get("lacp-time"),
+        miimon=int(miimon) if miimon and miimon.isdigit() else None,
+    )
 
 
 def _mark(row: Row, ours: bool) -> bool:
@@ -116,13 +135,16 @@ class _PortSpec:
     trunks: tuple[int, ...] = ()
     fake: bool = False
     local: bool = False  # the bridge's own port: its VLAN columns are not ours to set
+    bond: Uplink | None = None  # a bond port: its interfaces and bond columns
 
 
 def _port_specs(b: OvsBridge) -> list[_PortSpec]:
     specs = [_PortSpec(b.name, "internal", b.mtu, b.ours, local=True)]
     if b.uplink is not None:
         u = b.uplink
-        specs.append(_PortSpec(u.name, "", u.mtu, u.ours, trunks=u.trunks))
+        specs.append(
+            _PortSpec(u.name, "", u.mtu, u.ours, trunks=u.trunks, bond=u if u.members else None)
+        )
     specs += [
         _PortSpec(f.name, "internal", f.mtu, f.ours, tag=f.vlan, fake=True) for f in b.fake_bridges
     ]
@@ -140,19 +162,58 @@ def _set(row: Row, column: str, value: object) -> bool:
     return True
 
 
+def _new_interface(txn: Txn, name: str) -> Row:
+    iface = txn.insert(txn.idl.tables["Interface"])
+    iface.name = name
+    iface.external_ids = dict(MARK)
+    return iface
+
+
+def _sync_interfaces(txn: Txn, port: Row, names: tuple[str, ...]) -> bool:
+    """A bond port's interfaces become exactly ``names`` (added before any is removed)."""
+    have = {i.name: i for i in port.interfaces}
+    changed = False
+    for name in names:
+        if name not in have:
+            port.addvalue("interfaces", _new_interface(txn, name))
+            changed = True
+    for name, iface in have.items():
+        if name not in names:
+            port.delvalue("interfaces", iface)
+            iface.delete()
+            changed = True
+    return changed
+
+
+def _sync_bond(port: Row, bond: Uplink | None) -> bool:
+    """The bond columns, and our other_config keys (the operator's other keys stay)."""
+    changed = _set(port, "bond_mode", [bond.bond_mode] if bond and bond.bond_mode else [])
+    changed |= _set(port, "lacp", [bond.lacp] if bond and bond.lacp else [])
+    other = {k: v for k, v in port.other_config.items() if k not in BOND_OTHER_CONFIG}
+    if bond is not None:
+        if bond.lacp_time:
+            other["lacp-time"] = bond.lacp_time
+        if bond.miimon is not None:
+            other["bond-detect-mode"] = "miimon"
+            other["bond-miimon-interval"] = str(bond.miimon)
+    return changed | _set(port, "other_config", other)
+
+
 def _sync_port(txn: Txn, bridge: Row, port: Row | None, spec: _PortSpec) -> bool:
     tables = txn.idl.tables
     changed = False
+    names = spec.bond.interfaces() if spec.bond else (spec.name,)
     if port is None:
-        iface = txn.insert(tables["Interface"])
-        iface.name = spec.name
-        iface.external_ids = dict(MARK)
         port = txn.insert(tables["Port"])
         port.name = spec.name
-        port.interfaces = [iface]
+        port.interfaces = [_new_interface(txn, n) for n in names]
         port.external_ids = dict(MARK)
         bridge.addvalue("ports", port)
         changed = True
+    elif spec.bond is not None or len(port.interfaces) > 1:
+        changed |= _sync_interfaces(txn, port, names)
+    if not spec.local and not spec.fake:
+        changed |= _sync_bond(port, spec.bond)
     changed |= _mark(port, spec.ours)
     if not spec.local:
         changed |= _set(port, "tag", [spec.tag] if spec.tag is not None else [])

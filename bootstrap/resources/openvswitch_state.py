@@ -39,10 +39,20 @@ class FakeBridge:
 
 @dataclass(frozen=True, slots=True)
 class Uplink:
+    """The trunk port: one NIC (``members`` empty) or a bond of NICs with its settings."""
+
     name: str
     trunks: tuple[int, ...]
     mtu: int | None = None
     ours: bool = True
+    members: tuple[str, ...] = ()
+    bond_mode: str | None = None
+    lacp: str | None = None  # active | passive | off; None: the column is empty
+    lacp_time: str | None = None  # other_config:lacp-time, fast | slow
+    miimon: int | None = None  # other_config:bond-miimon-interval (ms)
+
+    def interfaces(self) -> tuple[str, ...]:
+        return self.members or (self.name,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +66,10 @@ class OvsBridge:
     ours: bool = True
 
     def names(self) -> set[str]:
-        """Bridge and Port names this bridge needs."""
+        """Bridge, Port and Interface names this bridge needs."""
         ports = {self.name, *(f.name for f in self.fake_bridges)}
-        return ports | ({self.uplink.name} if self.uplink else set())
+        uplink = {self.uplink.name, *self.uplink.interfaces()} if self.uplink else set()
+        return ports | uplink
 
     def internal(self) -> dict[str, bool]:
         """Internal interfaces (kernel devices) and whether they should be up."""
@@ -80,9 +91,29 @@ def desired_bridge(network: Network) -> OvsBridge:
         name=ovs.bridge,
         datapath=ovs.datapath,
         mtu=network.mtu,
-        uplink=Uplink(network.uplink, trunks, network.mtu),
+        uplink=_uplink(network, trunks),
         fake_bridges=tuple(sorted(fakes, key=lambda f: f.name)),
     )
+
+
+def _uplink(network: Network, trunks: tuple[int, ...]) -> Uplink:
+    bond = network.bond(network.uplink)
+    if bond is None:
+        return Uplink(network.uplink, trunks, network.mtu)
+    lacp_on = bond.lacp in ("active", "passive")
+    return Uplink(
+        bond.name,
+        trunks,
+        network.mtu,
+        members=tuple(sorted(bond.members)),
+        bond_mode=bond.mode,
+        lacp=bond.lacp,
+        lacp_time=bond.lacp_rate if lacp_on else None,
+        miimon=bond.miimon,
+    )
+
+
+UPLINK_FIELDS = ("trunks", "mtu", "members", "bond_mode", "lacp", "lacp_time", "miimon")
 
 
 def _fields(old: object, new: object, names: tuple[str, ...]) -> str:
@@ -122,7 +153,7 @@ def _diff_bridge(old: OvsBridge | None, new: OvsBridge | None) -> list[Change]:
                 changes.append(Change(f"ovs-port/{up_old.name}", "delete", "uplink replaced"))
                 changes.append(Change(f"ovs-port/{up_new.name}", "create", f"{up_new.trunks}"))
             else:
-                changes += _changed(f"ovs-port/{up_new.name}", up_old, up_new, ("trunks", "mtu"))
+                changes += _changed(f"ovs-port/{up_new.name}", up_old, up_new, UPLINK_FIELDS)
     old_f = {f.name: f for f in (old.fake_bridges if old else ())}
     new_f = {f.name: f for f in (new.fake_bridges if new else ())}
     for fname in sorted(old_f.keys() | new_f.keys()):
