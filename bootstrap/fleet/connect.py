@@ -34,6 +34,7 @@ class FleetConfig(BaseModel):
     tls: Tls = Tls()
     auth: Auth | None = None
     password: str | None = None  # from --password-file, read once
+    inventory: Path | None = None  # the controller TOML's ``inventory = "FILE"``
 
 
 def add_broker_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +72,9 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         auth = Auth.model_validate(auth_data) if auth_data else None
     except (ValueError, ValidationError) as exc:
         raise ConfigError(f"broker settings: {exc}") from exc
+    inventory = data.get("inventory")
     return FleetConfig(
+        inventory=Path(str(inventory)) if inventory else None,
         brokers=brokers,
         prefix=prefix,
         tls=tls,

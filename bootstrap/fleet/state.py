@@ -31,7 +31,12 @@ def iso(moment: datetime) -> str:
 
 
 def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """An ISO 8601 time with a zone; :class:`ValueError` otherwise (never a naive one,
+    which would not compare with ours)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
@@ -79,7 +84,11 @@ class RolloutState(BaseModel):
         return [h for wave in self.waves for h in wave]
 
     def stale(self, now: datetime) -> bool:
-        age = (now - parse_iso(self.heartbeat)).total_seconds()
+        """No heartbeat for 3 intervals (an unreadable heartbeat holds no lock)."""
+        try:
+            age = (now - parse_iso(self.heartbeat)).total_seconds()
+        except ValueError:
+            return True
         return age > STALE_AFTER * self.heartbeat_interval
 
     def selector_hosts(self) -> list[str]:
