@@ -135,7 +135,7 @@ class FleetView:
                 invalid = exc.message
         reading = Reading(status, invalid, self.seq, time.monotonic())
         if invalid is not None:
-            log.warning("invalid status of %s: %s", printable(host), printable(invalid))
+            log.debug("invalid status of %s: %s", printable(host), printable(invalid))
         before = self.statuses.get(host)
         settled = before.latest if before and before.latest.state != "rejected" else None
         if settled is None and before is not None:
