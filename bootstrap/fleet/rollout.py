@@ -412,7 +412,11 @@ async def run_rollout(config: FleetConfig, opts: Options, say: Say = print) -> R
                 main.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await main
-                raise RolloutError("lost the broker connection; run the same command to resume")
+                raise RolloutError(
+                    "lost the broker connection (if the broker binds client ids to user "
+                    "names, another tool logged in with the same account); run the same "
+                    "command to resume"
+                )
             state = main.result()
         except aiomqtt.MqttError as exc:
             raise RolloutError(f"broker: {exc}; run the same command to resume") from exc
