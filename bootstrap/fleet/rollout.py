@@ -214,7 +214,9 @@ class Controller:
             raise RolloutLocked(f"another controller claimed role {self.opts.role} at once")
         for host in state.hosts:
             seen = self.view.statuses.get(host)
-            self.baseline[host] = list(seen.status.checks) if seen and seen.status else []
+            reading = seen.for_judging(state.role, state.version) if seen else None
+            status = reading.status if reading else None
+            self.baseline[host] = list(status.checks) if status else []
         return state
 
     # --- judging ------------------------------------------------------------------------

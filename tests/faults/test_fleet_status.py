@@ -69,6 +69,10 @@ SHOWN: dict[str, bytes] = {
 }
 
 
+# beyond what a fleet tool accepts at all (MQTT 5 maximum packet size): never delivered
+GIANT = {"evil-giant": _valid("evil-giant", error={"code": "x", "message": "G" * 6_000_000})}
+
+
 def publish_file(client: Client, topic: str, payload: bytes, directory: Path) -> None:
     path = directory / f"payload-{len(list(directory.iterdir()))}"
     path.write_bytes(payload)
@@ -116,7 +120,7 @@ def fleet_statuses(
     client.wait_status(lambda s: s["state"] == "converged")
     payloads = tmp_path / "payloads"
     payloads.mkdir()
-    for host, payload in {**HOSTILE, **SHOWN}.items():
+    for host, payload in {**HOSTILE, **SHOWN, **GIANT}.items():
         publish_file(client, f"{PREFIX}/hosts/{host}/status", payload, payloads)
     return broker
 
@@ -132,6 +136,7 @@ def test_status_json_shows_every_hostile_status_as_invalid(fleet_statuses: Mosqu
     assert "deep" in rows["evil-deep"]["error"]
     assert "bytes" in rows["evil-huge"]["error"] and "UTF-8" in rows["evil-utf8"]["error"]
     assert "checks" in rows["evil-check-int"]["error"]
+    assert "evil-giant" not in rows  # the broker never sent it (maximum packet size)
     assert rows["evil-text"]["state"] == "failed"
     assert rows["evil-text"]["error"].startswith("boom") and rows["evil-text"]["error"].endswith(
         "end"
