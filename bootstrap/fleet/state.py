@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bootstrap.model.document import API_VERSION
+from bootstrap.wire.text import printable
 
 Phase = Literal["running", "aborting", "completed", "aborted", "failed"]
 ACTIVE: frozenset[str] = frozenset({"running", "aborting"})
@@ -113,9 +114,10 @@ def summarize(state: RolloutState) -> list[str]:
     lines.append(f"  converged: {len(state.done)}/{len(state.hosts)}")
     if state.failed:
         lines.append("  failed hosts:")
-        lines += [f"    {h}: {why}" for h, why in sorted(state.failed.items())]
+        failed = sorted(state.failed.items())
+        lines += [f"    {printable(host)}: {printable(why)}" for host, why in failed]
     if state.reason:
-        lines.append(f"  reason: {state.reason}")
+        lines.append(f"  reason: {printable(state.reason, 10_000)}")
     if state.phase == "aborted" and state.abort_version is not None:
         back = sorted(state.reverted)
         lines.append(f"  restored previous spec as v{state.abort_version} on: {', '.join(back)}")
