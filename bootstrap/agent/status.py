@@ -19,7 +19,7 @@ from bootstrap import __version__
 from bootstrap.engine.resource import Change
 from bootstrap.engine.transaction import Check
 from bootstrap.errors import BootstrapError, StaleDocument
-from bootstrap.wire.status import MAX_ITEMS, MAX_TEXT, State, StatusDocument
+from bootstrap.wire.status import MAX_ITEMS, MAX_STATUS_BYTES, MAX_TEXT, State, StatusDocument
 
 __all__ = ["State", "encode", "error_json", "now", "status_document"]
 
@@ -61,18 +61,45 @@ def _error(error: BootstrapError | Mapping[str, Any] | None) -> dict[str, Any] |
     return out
 
 
-def _changes(changes: Sequence[Change]) -> tuple[dict[str, str], ...]:
-    return tuple(
+def _changes(changes: Sequence[Change]) -> list[dict[str, str]]:
+    return [
         {"resource": _clip(c.resource), "action": c.action, "detail": _clip(c.detail)}
-        for c in changes[:MAX_ITEMS]
-    )
+        for c in changes
+    ]
 
 
-def _checks(checks: Sequence[Check]) -> tuple[dict[str, Any], ...]:
-    return tuple(
+def _checks(checks: Sequence[Check]) -> list[dict[str, Any]]:
+    return [
         {"name": _clip(c.name, MAX_NAME), "ok": bool(c.ok), "detail": _clip(c.detail)}
         for c in checks[:MAX_ITEMS]
-    )
+    ]
+
+
+def _fit(data: dict[str, Any]) -> None:
+    """Cut ``changes``/``drift`` (ending them with a line saying how many are left out)
+    and ``checks`` until the encoded status fits the wire bounds (items and bytes)."""
+    full = {name: data[name] for name in ("changes", "drift") if data[name] is not None}
+    keep = {name: min(len(items), MAX_ITEMS - 1) for name, items in full.items()}
+    checks = data["checks"]
+    keep_checks = len(checks)
+    while True:
+        for name, items in full.items():
+            data[name] = items[: keep[name]]
+            if keep[name] < len(items):
+                left = len(items) - keep[name]
+                data[name].append({"resource": "…", "action": "modify", "detail": f"{left} more"})
+        data["checks"] = checks[:keep_checks]
+        if len(encode(data)) <= MAX_STATUS_BYTES - 4096:
+            return
+        if keep_checks == 0 and not any(keep.values()):
+            return  # nothing left to cut; validation has the last word
+        sizes = {name: len(encode({"x": data[name]})) for name in full}
+        sizes["checks"] = len(encode({"x": data["checks"]}))
+        longest = max(sizes, key=lambda name: sizes[name])
+        if longest == "checks":
+            keep_checks //= 2
+        else:
+            keep[longest] //= 2
 
 
 def status_document(
@@ -92,13 +119,17 @@ def status_document(
         "host": host,
         "state": state,
         "applied": {"roles": dict(applied.get("roles") or {}), "host": applied.get("host")},
-        "changes": _changes(changes),
+        "changes": _changes(changes),  # cut to the bounds by _fit
         "checks": _checks(checks),
         "error": _error(error),
         "at": at or now(),
         "agent": {"version": __version__},
         "drift": None if drift is None else _changes(drift),
     }
+    _fit(data)
+    for name in ("changes", "checks", "drift"):
+        if data[name] is not None:
+            data[name] = tuple(data[name])
     try:
         return StatusDocument.model_validate(data).to_json()
     except ValidationError as exc:  # e.g. a version beyond MAX_VERSION: say so, never raise

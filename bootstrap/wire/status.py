@@ -10,7 +10,7 @@ naming the field; fleet tools show such a host as ``invalid`` with that reason.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -44,7 +44,7 @@ MAX_ROLES = 64
 MAX_VERSION = 2**63 - 1
 
 State = Literal["starting", "applying", "converged", "failed", "rolled_back", "rejected", "offline"]
-STATES: tuple[str, ...] = State.__args__  # type: ignore[attr-defined]
+STATES: tuple[str, ...] = get_args(State)
 
 HostName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,252}$")]
 RoleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]

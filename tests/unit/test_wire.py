@@ -14,6 +14,7 @@ from rich.console import Console
 
 from bootstrap.agent.status import status_document
 from bootstrap.engine.resource import Change
+from bootstrap.engine.transaction import Check
 from bootstrap.errors import InvalidStatus, StaleDocument
 from bootstrap.fleet.status import render, rows
 from bootstrap.fleet.view import FleetView
@@ -73,6 +74,25 @@ def test_the_agent_builds_what_the_fleet_parses_and_clips_what_it_echoes() -> No
     assert again.error is not None and again.error.field == "version"
     assert len(again.error.message) == MAX_TEXT and len(again.changes) == 200
     assert "drift" not in huge and huge["error"]["code"] == "stale"
+
+
+def test_the_agent_cuts_long_lists_to_fit_the_wire_and_says_so() -> None:
+    long = "r" * 5000
+    doc = status_document(
+        host="h1",
+        state="converged",
+        applied={"roles": {"kvm": 1}},
+        changes=[Change(f"{long}{i}", "modify", long) for i in range(500)],
+        drift=[Change(f"{long}{i}", "modify", long) for i in range(500)],
+        checks=[Check(f"c{i}" + "n" * 300, True, long) for i in range(500)],
+    )
+    wire = json.dumps(doc).encode()
+    assert len(wire) <= MAX_STATUS_BYTES
+    parsed = parse_status(wire, host="h1")
+    assert parsed.changes[-1].detail.endswith(" more") and parsed.drift is not None
+    kept = len(parsed.changes) - 1
+    assert parsed.changes[-1].detail == f"{500 - kept} more"
+    assert 0 < len(parsed.checks) <= 200
 
 
 def test_printable_strips_escapes_controls_and_bidi() -> None:
