@@ -144,6 +144,7 @@ def served(base: Path) -> Iterator[Served]:
         allow_anonymous=False,
     )
     with broker:
+        assert broker.uid() == pwd.getpwnam("mosquitto").pw_uid  # it dropped privileges
         yield Served(broker, files)
 
 
