@@ -82,3 +82,10 @@ class ProbeError(BootstrapError):
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "resource": f"probe/{self.probe}"}
+
+
+class InvalidStatus(InvalidDocument):
+    """A status a host published is unreadable or invalid (``field`` names where); the
+    fleet tools show that host as ``invalid`` instead of believing or crashing on it."""
+
+    code = "invalid_status"

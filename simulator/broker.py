@@ -3,7 +3,10 @@
 ``Mosquitto(dir)`` writes ``dir/mosquitto.conf`` (plain listener on a free port, optional
 TLS listener with client certificates, optional password file and ACL, persistence in
 ``dir``), starts it (optionally inside a :class:`Namespace`), and waits until it accepts
-connections. ``restart()`` keeps the ports and the persistence file, so retained messages
+connections. Started as root it keeps root (``user root``), unless ``drop_privileges``:
+then, as a stock install does, it drops to user ``mosquitto`` and must read its files as
+that user. ``include_dir`` loads a snippet (``csboot broker-acl``'s) that defines the
+listener itself. ``restart()`` keeps the ports and the persistence file, so retained messages
 and persistent sessions survive, as on a real broker restart.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -23,6 +27,7 @@ from types import TracebackType
 from simulator.namespaces import Namespace
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+BROKER_USER = "mosquitto"  # what a stock mosquitto started as root drops to
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +68,12 @@ class Mosquitto:
         acl: str | None = None,
         allow_anonymous: bool | None = None,
         namespace: Namespace | None = None,
+        drop_privileges: bool = False,
+        include_dir: Path | None = None,
     ) -> None:
         self.directory = directory
+        self.drop_privileges = drop_privileges
+        self.include_dir = include_dir
         self.host = host
         self.namespace = namespace
         self.users = dict(users or {})
@@ -105,13 +114,16 @@ class Mosquitto:
             "connection_messages true",
             "persistent_client_expiration 1d",
         ]
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not self.drop_privileges:
             lines.append("user root")  # keep access to our own directory
         if self.users:
             lines.append(f"password_file {d / 'passwd'}")
         if self.acl is not None:
             lines.append(f"acl_file {d / 'acl'}")
-        lines += ["", f"listener {self.port} {self.host}"]
+        if self.include_dir is not None:  # the snippet defines the listener (on self.port)
+            lines.append(f"include_dir {self.include_dir}")
+        else:
+            lines += ["", f"listener {self.port} {self.host}"]
         if self.tls is not None:
             t = self.tls
             lines += [
@@ -137,6 +149,21 @@ class Mosquitto:
         if self.acl is not None:
             (self.directory / "acl").write_text(self.acl)
             (self.directory / "acl").chmod(0o600)
+        if self.drop_privileges:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The broker's own user owns its directory (persistence, log) and reads our files."""
+        try:
+            user = pwd.getpwnam(BROKER_USER)
+        except KeyError:
+            raise BrokerError(f"no user {BROKER_USER!r} (Debian's mosquitto creates it)") from None
+        os.chown(self.directory, user.pw_uid, user.pw_gid)
+        for name in ("passwd", "acl"):
+            path = self.directory / name
+            if path.exists():
+                os.chown(path, 0, user.pw_gid)
+                path.chmod(0o640)
 
     # --- process --------------------------------------------------------------------------
 
@@ -157,6 +184,14 @@ class Mosquitto:
         if self.tls_port is None:
             raise BrokerError("this broker has no TLS listener")
         return f"mqtts://{self.host}:{self.tls_port}"
+
+    def uid(self) -> int:
+        """The user id the broker process runs as now (from /proc)."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+        raise BrokerError("no Uid line in /proc/PID/status")
 
     @property
     def running(self) -> bool:

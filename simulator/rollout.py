@@ -117,8 +117,10 @@ class BrokerHandle:
         secret.write_text(self.admin_password + "\n")
         secret.chmod(0o600)
         conf = self.directory / "operator.toml"
+        roster = self.directory / "inventory.json"  # rollout membership (never statuses)
+        listed = f'inventory = "{roster}"\n' if roster.exists() else ""
         conf.write_text(
-            f'broker = "{self.url}"\nprefix = "{prefix}"\n'
+            f'broker = "{self.url}"\nprefix = "{prefix}"\n{listed}'
             f'\n[auth]\nusername = "{ADMIN}"\npassword_file = "{secret}"\n'
         )
         return conf
@@ -132,6 +134,9 @@ def start_broker(ns: Namespace, directory: Path, spec: Broker, layout: Layout) -
     passwords = {h.name: secrets.token_urlsafe(12) for h in layout.hosts}
     admin = secrets.token_urlsafe(12)
     handle = BrokerHandle(ns, directory, str(spec.address.ip), spec.port, admin, passwords)
+    directory.mkdir(parents=True, exist_ok=True)
+    roster = {"prefix": PREFIX, "hosts": {h.name: {"roles": list(h.roles)} for h in layout.hosts}}
+    (directory / "inventory.json").write_text(json.dumps(roster))
     handle.mosquitto = Mosquitto(
         directory,
         host=str(spec.address.ip),

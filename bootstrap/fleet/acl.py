@@ -10,6 +10,11 @@ Passwords are hashed as mosquitto 2 does (``$7$``: PBKDF2-SHA512, 101 iterations
 12-byte salt), so ``mosquitto_passwd`` is not needed. Missing passwords are generated and
 written to ``DIR/passwords/NAME`` (mode 0600) for handing to the host's ``auth.password_file``.
 
+A stock mosquitto starts as root and drops to user ``mosquitto`` before it reads the
+password and ACL files, so those are ``root:mosquitto 0640``. Client ids are bound to user
+names (``use_username_as_clientid``), so one host's credentials cannot take over (or kick
+off) another host's session; the ACL grants per ``user``, never by client id.
+
 Inventory (YAML or JSON)::
 
     prefix: cloudstack/bootstrap/v1          # optional
@@ -23,9 +28,11 @@ Inventory (YAML or JSON)::
 from __future__ import annotations
 
 import base64
+import grp
 import hashlib
+import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ from bootstrap.errors import ConfigError
 from bootstrap.files import atomic_write
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd uses for $7$
+BROKER_GROUP = "mosquitto"  # Debian's mosquitto package creates this user and group
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,25 +148,110 @@ def acl_text(inv: Inventory) -> str:
     return "\n".join(lines)
 
 
-def write_broker_files(inv: Inventory, out: Path) -> dict[str, str]:
-    """Write acl, passwd, mosquitto.conf snippet and generated passwords; name -> password."""
+def group_id(group: str | None) -> int | None:
+    if not group:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f"group {group!r} does not exist: install mosquitto first (it creates the "
+            "mosquitto user and group), or pass --group"
+        ) from None
+
+
+def unreachable(path: Path, gid: int | None) -> Path | None:
+    """The first directory on the way to ``path`` the broker's group cannot enter."""
+    for directory in [*reversed(path.resolve().parents), path.resolve()]:
+        st = directory.stat()
+        if st.st_mode & 0o001 or (gid is not None and st.st_gid == gid and st.st_mode & 0o010):
+            continue
+        if gid is None and st.st_uid == os.geteuid():
+            continue
+        return directory
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A listener the snippet defines: ``[ADDR:]PORT``, TLS when the three files are set."""
+
+    port: int
+    address: str | None = None
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str, **tls: Path | None) -> Listener:
+        address, _, port = text.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--listener {text!r}: [ADDR:]PORT with a port in 1..65535")
+        return cls(int(port), address.strip("[]") or None, **tls)
+
+    def lines(self) -> list[str]:
+        out = [f"listener {self.port}" + (f" {self.address}" if self.address else "")]
+        if self.cafile and self.certfile and self.keyfile:
+            out += [
+                f"cafile {self.cafile.resolve()}",
+                f"certfile {self.certfile.resolve()}",
+                f"keyfile {self.keyfile.resolve()}",
+            ]
+        return [*out, "use_username_as_clientid true"]
+
+
+def auth_conf(out: Path, listeners: Sequence[Listener]) -> str:
+    """The mosquitto.conf snippet (``include_dir DIR``): authentication, the ACL, and the
+    listeners the hosts use, each binding client ids to user names."""
+    lines = [
+        "# written by csboot broker-acl; load it with:  include_dir " + str(out.resolve()),
+        "# (with per_listener_settings false, the default).",
+        "# use_username_as_clientid is a per-listener setting (set before any listener,",
+        "# mosquitto would open a default listener on port 1883), so this file defines the",
+        "# listeners itself: there, the client id is the user name, and one host's",
+        "# credentials can never take over, or kick off, another host's session.",
+        "allow_anonymous false",
+        f"password_file {(out / 'passwd').resolve()}",
+        f"acl_file {(out / 'acl').resolve()}",
+    ]
+    for listener in listeners:
+        lines += ["", *listener.lines()]
+    return "\n".join(lines) + "\n"
+
+
+def write_broker_files(
+    inv: Inventory,
+    out: Path,
+    *,
+    group: str | None = BROKER_GROUP,
+    listeners: Sequence[Listener] = (Listener(1883),),
+) -> dict[str, str]:
+    """Write acl, passwd, mosquitto.conf snippet and generated passwords; name -> password.
+
+    ``passwd`` and ``acl`` are ``root:GROUP 0640``, so a stock mosquitto reads them after it
+    dropped privileges to its own user; a directory we create is ``0750 root:GROUP``.
+    With ``group`` None they are ``0600``, for a broker running as the caller's own user.
+    """
+    gid = group_id(group)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    if created and gid is not None:
+        os.chown(out, -1, gid)
+        out.chmod(0o750)
     passwords: dict[str, str] = {}
     hashed = []
     for account in inv.operators + inv.hosts:
         password = account.password
         if password is None:
             password = secrets.token_urlsafe(24)
+            (out / "passwords").mkdir(mode=0o700, exist_ok=True)
             atomic_write(out / "passwords" / account.name, password.encode() + b"\n", mode=0o600)
         passwords[account.name] = password
         hashed.append(f"{account.name}:{hash_password(password)}")
-    atomic_write(out / "passwd", ("\n".join(hashed) + "\n").encode(), mode=0o600)
-    atomic_write(out / "acl", acl_text(inv).encode(), mode=0o644)
-    conf = (
-        "# include from mosquitto.conf (per_listener_settings false)\n"
-        "allow_anonymous false\n"
-        f"password_file {(out / 'passwd').resolve()}\n"
-        f"acl_file {(out / 'acl').resolve()}\n"
-    )
-    atomic_write(out / "mosquitto-auth.conf", conf.encode(), mode=0o644)
+    secret_mode = 0o600 if gid is None else 0o640
+    for name, text in (("passwd", "\n".join(hashed) + "\n"), ("acl", acl_text(inv))):
+        atomic_write(out / name, text.encode(), mode=secret_mode)
+        if gid is not None:
+            os.chown(out / name, -1, gid)
+    atomic_write(out / "mosquitto-auth.conf", auth_conf(out, listeners).encode(), mode=0o644)
     return passwords

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from bootstrap.errors import BootstrapError, InvalidDocument
+from bootstrap.errors import BootstrapError, ConfigError, InvalidDocument
 
 
 def _error(exc: BootstrapError, code: int = 1) -> int:
@@ -41,15 +41,16 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             raise InvalidDocument(
                 str(exc), field="--waves/--max-unavailable/--abort-after"
             ) from exc
+        config = config_from_args(args)
         inventory: tuple[str, ...] = ()
-        if args.inventory:
-            inventory = tuple(load_inventory(Path(args.inventory)).role_hosts(args.role))
+        inventory_file = args.inventory or config.inventory
+        if inventory_file:
+            inventory = tuple(load_inventory(Path(inventory_file)).role_hosts(args.role))
         key = None
         if args.sign:
             if not args.key_id:
                 raise InvalidDocument("--sign needs --key-id", field="--key-id")
             key = load_private_key(Path(args.sign).read_bytes())
-        config = config_from_args(args)
     except OSError as exc:
         print(f"csboot: error: {exc}", file=sys.stderr)
         return 2
@@ -102,13 +103,33 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_acl(args: argparse.Namespace) -> int:
-    from bootstrap.fleet.acl import load_inventory, write_broker_files
+    from bootstrap.fleet.acl import (
+        Listener,
+        group_id,
+        load_inventory,
+        unreachable,
+        write_broker_files,
+    )
 
     try:
         inv = load_inventory(Path(args.inventory))
-        write_broker_files(inv, Path(args.out))
+        tls = {"cafile": args.cafile, "certfile": args.certfile, "keyfile": args.keyfile}
+        if any(tls.values()) and not all(tls.values()):
+            raise ConfigError("a TLS listener needs --cafile, --certfile and --keyfile")
+        listeners = [Listener.parse(text, **tls) for text in args.listener or ["1883"]]
+        write_broker_files(inv, Path(args.out), group=args.group or None, listeners=listeners)
+        blocked = unreachable(Path(args.out), group_id(args.group or None))
+    except OSError as exc:
+        print(f"csboot: error: {exc}", file=sys.stderr)
+        return 1
     except BootstrapError as exc:
         return _error(exc)
+    if blocked is not None:
+        print(
+            f"csboot: warning: {blocked} cannot be entered by group {args.group or '-'}: "
+            "the broker will not be able to read the files after dropping privileges",
+            file=sys.stderr,
+        )
     print(
         f"wrote {args.out}/acl, passwd, mosquitto-auth.conf "
         f"({len(inv.hosts)} hosts, {len(inv.operators)} operators)"
@@ -158,7 +179,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="S",
         help="rollout-lock heartbeat; stale (taken over) after 3 missed",
     )
-    p.add_argument("--inventory", metavar="FILE", help="also roll out to these hosts of ROLE")
+    p.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="the hosts of ROLE (as for broker-acl; or `inventory` in -c TOML); without it, "
+        "the hosts an earlier rollout of ROLE named. Never what hosts claim.",
+    )
     p.add_argument(
         "--canary",
         action="append",
@@ -182,4 +208,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker-acl", help="mosquitto acl_file and password_file from an inventory")
     p.add_argument("--inventory", required=True, metavar="FILE")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--group",
+        default="mosquitto",
+        help="group the broker runs as: passwd and acl become root:GROUP 0640 "
+        "(default mosquitto; '' = owner-only 0600)",
+    )
+    p.add_argument(
+        "--listener",
+        action="append",
+        metavar="[ADDR:]PORT",
+        help="a listener the snippet defines, with client ids bound to user names "
+        "(repeatable; default 1883)",
+    )
+    p.add_argument("--cafile", type=Path, help="TLS for the listeners: CA of client certs")
+    p.add_argument("--certfile", type=Path, help="TLS: the broker's certificate")
+    p.add_argument("--keyfile", type=Path, help="TLS: the broker's key")
     p.set_defaults(handler=cmd_broker_acl)

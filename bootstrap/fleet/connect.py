@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bootstrap.agent.config import Auth, Broker, Tls
@@ -24,6 +26,7 @@ from bootstrap.agent.topics import DEFAULT_PREFIX, check_prefix
 from bootstrap.errors import ConfigError
 
 UNSUPPORTED_PROTOCOL = (1, 132)  # MQTT 3.1.1 CONNACK rc / MQTT 5 reason code
+MAX_PACKET = 4 * 1024 * 1024  # what a fleet tool accepts from the broker at all
 
 
 class FleetConfig(BaseModel):
@@ -34,6 +37,7 @@ class FleetConfig(BaseModel):
     tls: Tls = Tls()
     auth: Auth | None = None
     password: str | None = None  # from --password-file, read once
+    inventory: Path | None = None  # the controller TOML's ``inventory = "FILE"``
 
 
 def add_broker_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +75,9 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         auth = Auth.model_validate(auth_data) if auth_data else None
     except (ValueError, ValidationError) as exc:
         raise ConfigError(f"broker settings: {exc}") from exc
+    inventory = data.get("inventory")
     return FleetConfig(
+        inventory=Path(str(inventory)) if inventory else None,
         brokers=brokers,
         prefix=prefix,
         tls=tls,
@@ -97,9 +103,15 @@ def _tls(config: FleetConfig) -> ssl.SSLContext:
 async def _open(config: FleetConfig, broker: Broker, identifier: str) -> aiomqtt.Client:
     """MQTT 5 first; a broker that refuses the protocol version gets 3.1.1."""
     for protocol in (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311):
+        properties = None
+        if protocol is aiomqtt.ProtocolVersion.V5:
+            # the broker drops, rather than sends us, anything larger (MQTT 5 only)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.MaximumPacketSize = MAX_PACKET
         client = aiomqtt.Client(
             broker.host,
             broker.port,
+            properties=properties,
             identifier=identifier,
             protocol=protocol,
             username=config.auth.username if config.auth else None,

@@ -44,6 +44,8 @@ from bootstrap.fleet.waves import (
 )
 from bootstrap.model.document import Document, RolloutSelector
 from bootstrap.model.signing import sign
+from bootstrap.wire.status import MAX_VERSION, CheckItem
+from bootstrap.wire.text import printable
 
 Say = Callable[[str], None]
 
@@ -89,7 +91,7 @@ class Controller:
         self.say = say
         self.me = client_id("rollout") + "-" + secrets.token_hex(3)
         self.admitted_seq: dict[str, int] = {}
-        self.baseline: dict[str, list[Mapping[str, Any]]] = {}
+        self.baseline: dict[str, list[CheckItem]] = {}
         self.state: RolloutState | None = None
 
     # --- publishing ---------------------------------------------------------------------
@@ -141,10 +143,17 @@ class Controller:
     def plan(self) -> RolloutState:
         role, doc = self.opts.role, self.opts.document
         current = self.view.role_docs.get(role)
-        version = max(self.view.in_force_version(role) + 1, doc.version)
-        hosts = set(self.view.role_hosts(role)) | set(self.opts.inventory)
+        version = max(self.view.published_version(role) + 1, doc.version)
+        if version > MAX_VERSION:
+            raise RolloutError(f"version {version} of role {role!r} is beyond {MAX_VERSION}")
+        # membership: the inventory, else whom the controller side named before; never
+        # what a host's status claims
+        hosts = set(self.opts.inventory) or set(self.view.published_hosts(role))
         if not hosts:
-            raise RolloutError(f"no host runs role {role!r} (no status, no --inventory entry)")
+            raise RolloutError(
+                f"no host for role {role!r}: pass --inventory (no earlier rollout of the "
+                "role names its hosts)"
+            )
         ordered = order_hosts(hosts, self.opts.canaries)
         now = iso(utcnow())
         previous = None
@@ -169,8 +178,9 @@ class Controller:
         if holder is not None:
             assert existing is not None
             raise RolloutLocked(
-                f"rollout {existing.id} of role {self.opts.role} is run by {holder} "
-                f"(heartbeat {existing.heartbeat}); it may be taken over once its heartbeat "
+                f"rollout {printable(existing.id)} of role {self.opts.role} is run by "
+                f"{printable(holder)} (heartbeat {printable(existing.heartbeat)}); it may be "
+                "taken over once its heartbeat "
                 f"is older than {3 * existing.heartbeat_interval:g}s"
             )
         if resumable(existing, spec_digest(self.opts.document.spec)):
@@ -179,12 +189,14 @@ class Controller:
             state.controller = self.me
             state.heartbeat_interval = self.opts.heartbeat
             self.say(
-                f"resuming rollout {state.id} (wave {state.wave + 1}/{len(state.waves)}, "
+                f"resuming rollout {printable(state.id)} "
+                f"(wave {state.wave + 1}/{len(state.waves)}, "
                 f"{len(state.done)} done, phase {state.phase})"
             )
         elif existing is not None and existing.phase in ("running", "aborting"):
             raise RolloutLocked(
-                f"an interrupted rollout {existing.id} of another spec is pending on role "
+                f"an interrupted rollout {printable(existing.id)} of another spec is pending "
+                f"on role "
                 f"{self.opts.role}: finish it with its own document first"
             )
         else:
@@ -201,30 +213,36 @@ class Controller:
         if winner is None or winner.controller != self.me:
             raise RolloutLocked(f"another controller claimed role {self.opts.role} at once")
         for host in state.hosts:
-            status = self.view.statuses.get(host)
-            self.baseline[host] = list(status.doc.get("checks") or []) if status else []
+            seen = self.view.statuses.get(host)
+            reading = seen.for_judging(state.role, state.version) if seen else None
+            status = reading.status if reading else None
+            self.baseline[host] = list(status.checks) if status else []
         return state
 
     # --- judging ------------------------------------------------------------------------
 
     def outcome(self, host: str, version: int) -> tuple[str | None, str]:
         assert self.state is not None
-        status = self.view.statuses.get(host)
+        seen = self.view.statuses.get(host)
+        reading = seen.for_judging(self.opts.role, version) if seen else None
+        status = reading.status if reading else None
         admitted_at = self.state.admitted.get(host)
         fresh = False
-        if status is not None:
+        if reading is not None:
             if host in self.admitted_seq:
-                fresh = status.seq > self.admitted_seq[host]
-            elif admitted_at is not None and isinstance(status.doc.get("at"), str):
+                fresh = reading.seq > self.admitted_seq[host]
+            elif admitted_at is not None and status is not None:
                 with contextlib.suppress(ValueError):
-                    fresh = parse_iso(status.doc["at"]) >= parse_iso(admitted_at)
+                    fresh = parse_iso(status.at) >= parse_iso(admitted_at)
         result, why = judge(
-            status.doc if status else None,
+            status,
             role=self.opts.role,
             version=version,
             fresh=fresh,
             baseline_checks=self.baseline.get(host, ()),
         )
+        if reading is not None and reading.invalid is not None:
+            why = f"invalid status: {printable(reading.invalid)}"
         if result is None and admitted_at is not None:
             age = (utcnow() - parse_iso(admitted_at)).total_seconds()
             if age > self.opts.timeout:
@@ -321,7 +339,7 @@ class Controller:
             await self.save()
             return
         if state.abort_version is None:
-            state.abort_version = max(state.version, self.view.in_force_version(state.role)) + 1
+            state.abort_version = max(state.version, self.view.published_version(state.role)) + 1
             await self.save()
         version = state.abort_version
         await self.publish_doc(version, state.previous.spec, None, state.id)
@@ -396,7 +414,11 @@ async def run_rollout(config: FleetConfig, opts: Options, say: Say = print) -> R
                 main.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await main
-                raise RolloutError("lost the broker connection; run the same command to resume")
+                raise RolloutError(
+                    "lost the broker connection (if the broker binds client ids to user "
+                    "names, another tool logged in with the same account); run the same "
+                    "command to resume"
+                )
             state = main.result()
         except aiomqtt.MqttError as exc:
             raise RolloutError(f"broker: {exc}; run the same command to resume") from exc

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bootstrap.model.document import API_VERSION
+from bootstrap.wire.text import printable
 
 Phase = Literal["running", "aborting", "completed", "aborted", "failed"]
 ACTIVE: frozenset[str] = frozenset({"running", "aborting"})
@@ -31,7 +32,12 @@ def iso(moment: datetime) -> str:
 
 
 def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """An ISO 8601 time with a zone; :class:`ValueError` otherwise (never a naive one,
+    which would not compare with ours)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
@@ -79,7 +85,11 @@ class RolloutState(BaseModel):
         return [h for wave in self.waves for h in wave]
 
     def stale(self, now: datetime) -> bool:
-        age = (now - parse_iso(self.heartbeat)).total_seconds()
+        """No heartbeat for 3 intervals (an unreadable heartbeat holds no lock)."""
+        try:
+            age = (now - parse_iso(self.heartbeat)).total_seconds()
+        except ValueError:
+            return True
         return age > STALE_AFTER * self.heartbeat_interval
 
     def selector_hosts(self) -> list[str]:
@@ -104,9 +114,10 @@ def summarize(state: RolloutState) -> list[str]:
     lines.append(f"  converged: {len(state.done)}/{len(state.hosts)}")
     if state.failed:
         lines.append("  failed hosts:")
-        lines += [f"    {h}: {why}" for h, why in sorted(state.failed.items())]
+        failed = sorted(state.failed.items())
+        lines += [f"    {printable(host)}: {printable(why)}" for host, why in failed]
     if state.reason:
-        lines.append(f"  reason: {state.reason}")
+        lines.append(f"  reason: {printable(state.reason, 10_000)}")
     if state.phase == "aborted" and state.abort_version is not None:
         back = sorted(state.reverted)
         lines.append(f"  restored previous spec as v{state.abort_version} on: {', '.join(back)}")

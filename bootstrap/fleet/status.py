@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +19,8 @@ from rich.text import Text
 
 from bootstrap.fleet.connect import FleetConfig, client_id, connect
 from bootstrap.fleet.state import parse_iso, utcnow
-from bootstrap.fleet.view import FleetView
+from bootstrap.fleet.view import FleetView, HostStatus
+from bootstrap.wire.text import printable
 
 STATE_STYLE = {
     "converged": "green",
@@ -30,6 +30,7 @@ STATE_STYLE = {
     "rolled_back": "red",
     "rejected": "magenta",
     "offline": "dim",
+    "invalid": "bold red",
 }
 
 
@@ -42,31 +43,40 @@ def _age(at: object, now: datetime) -> float | None:
         return None
 
 
+def _row(host: str, seen: HostStatus, now: datetime) -> dict[str, Any]:
+    st = seen.status
+    if st is None:
+        return {
+            "host": printable(host, 253),
+            "state": "invalid",
+            "roles": {},
+            "host_version": None,
+            "at": None,
+            "age": None,
+            "checks_failed": [],
+            "error": printable(seen.latest.invalid),
+        }
+    return {
+        "host": printable(host, 253),
+        "state": st.state,
+        "roles": dict(st.applied.roles),
+        "host_version": st.applied.host,
+        "at": printable(st.at, 64),
+        "age": _age(st.at, now),
+        "checks_failed": [printable(c.name, 64) for c in st.checks if not c.ok],
+        "error": printable(st.error.message) if st.error else None,
+    }
+
+
 def rows(view: FleetView, role: str | None, now: datetime) -> list[dict[str, Any]]:
-    """One row per host (filtered by ``role``), sorted by name."""
+    """One row per host, sorted by name, every string safe for a terminal; with ``role``
+    only hosts reporting it, and every host whose status is invalid (it cannot say)."""
     out = []
     for host in sorted(view.statuses):
-        doc = view.statuses[host].doc
-        applied = doc.get("applied")
-        applied = applied if isinstance(applied, Mapping) else {}
-        roles = applied.get("roles")
-        roles = roles if isinstance(roles, Mapping) else {}
-        if role is not None and role not in roles:
+        seen = view.statuses[host]
+        if role is not None and seen.status is not None and role not in seen.status.applied.roles:
             continue
-        error = doc.get("error") if isinstance(doc.get("error"), Mapping) else None
-        failing = [c.get("name") for c in doc.get("checks") or [] if not c.get("ok", False)]
-        out.append(
-            {
-                "host": host,
-                "state": doc.get("state"),
-                "roles": dict(roles),
-                "host_version": applied.get("host"),
-                "at": doc.get("at"),
-                "age": _age(doc.get("at"), now),
-                "checks_failed": failing,
-                "error": error.get("message") if error else None,
-            }
-        )
+        out.append(_row(host, seen, now))
     return out
 
 
@@ -77,17 +87,17 @@ def rollout_lines(view: FleetView, role: str | None) -> list[dict[str, Any]]:
             continue
         out.append(
             {
-                "role": name,
-                "id": state.id,
+                "role": printable(name, 64),
+                "id": printable(state.id, 64),
                 "phase": state.phase,
                 "version": state.version,
                 "wave": min(state.wave + 1, len(state.waves)),
                 "waves": len(state.waves),
                 "done": len(state.done),
-                "failed": sorted(state.failed),
+                "failed": sorted(printable(h, 253) for h in state.failed),
                 "hosts": len(state.hosts),
-                "controller": state.controller,
-                "heartbeat": state.heartbeat,
+                "controller": printable(state.controller),
+                "heartbeat": printable(state.heartbeat, 64),
             }
         )
     return out
@@ -102,7 +112,8 @@ def _fmt_age(age: float | None) -> str:
 
 
 def render(view: FleetView, role: str | None, now: datetime) -> Group:
-    table = Table(title=f"fleet ({view.prefix})", expand=False)
+    """Cells are :class:`Text` (never markup): nothing a host wrote is interpreted."""
+    table = Table(title=Text(f"fleet ({printable(view.prefix)})"), expand=False)
     for col in ("host", "state", "roles", "host v", "checks", "last change", "age"):
         table.add_column(col)
     for row in rows(view, role, now):
@@ -111,14 +122,12 @@ def render(view: FleetView, role: str | None, now: datetime) -> Group:
         state = Text(str(row["state"]), style=STATE_STYLE.get(str(row["state"]), ""))
         if row["error"]:
             state.append(f" ({row['error'][:60]})", style="dim")
+        cells = [row["host"], roles, str(row["host_version"] or "-"), checks, row["at"] or "?"]
         table.add_row(
-            row["host"],
+            Text(cells[0]),
             state,
-            roles,
-            str(row["host_version"] or "-"),
-            checks,
-            str(row["at"] or "?"),
-            _fmt_age(row["age"]),
+            *(Text(c) for c in cells[1:]),
+            Text(_fmt_age(row["age"])),
         )
     parts: list[Table | Text] = [table]
     for r in rollout_lines(view, role):

@@ -1,49 +1,95 @@
 """What the broker says about the fleet: retained statuses, role documents, rollout states.
 
-Fed message by message (pure bookkeeping); every status gets a sequence number so the
-controller can tell a status published after it handed a host a version from an old one.
+Fed message by message (pure bookkeeping). Nothing read here is trusted: a status is
+parsed by the shared, bounded model (:func:`bootstrap.wire.status.parse_status`) and one
+that is not valid is kept as an *invalid* reading with its reason; role documents and
+rollout states (which only operators may publish) are size- and depth-checked too. Every
+reading gets a sequence number so the controller can tell a status published after it
+handed a host a version from an old one.
+
+What hosts say about themselves never decides who is in a rollout nor which version the
+controller signs: :meth:`FleetView.published_hosts` and :meth:`FleetView.published_version`
+read only what the controller side published (the role's retained document and rollout
+state).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import ValidationError
 
-from bootstrap.errors import InvalidDocument
+from bootstrap.agent.topics import HOST_RE
+from bootstrap.errors import InvalidDocument, InvalidStatus
 from bootstrap.fleet.state import RolloutState
 from bootstrap.model.document import Document, parse_document
+from bootstrap.wire.jsonguard import load_bounded
+from bootstrap.wire.status import StatusDocument, parse_status
+from bootstrap.wire.text import printable
 
 log = logging.getLogger(__name__)
 
+MAX_DOCUMENT_BYTES = 1024 * 1024  # a role document or a rollout state
+MAX_DOCUMENT_DEPTH = 64
 
-@dataclass(slots=True)
-class HostStatus:
-    doc: dict[str, Any]
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One status message: the parsed document, or why it is not one."""
+
+    status: StatusDocument | None
+    invalid: str | None
     seq: int
     received: float  # time.monotonic()
 
     @property
     def state(self) -> str:
-        return str(self.doc.get("state", "?"))
+        return self.status.state if self.status is not None else "invalid"
 
-    def role_version(self, role: str) -> int | None:
-        applied = self.doc.get("applied") or {}
-        roles = applied.get("roles") if isinstance(applied, Mapping) else None
-        value = roles.get(role) if isinstance(roles, Mapping) else None
-        return value if isinstance(value, int) else None
+    def is_rejection_of_other(self, role: str, version: int) -> bool:
+        """A ``rejected`` status about anything but ``roles/{role}`` at ``version``: a
+        replay (``stale``), another document, another version. It says nothing about
+        whether the host applied what it was handed."""
+        st = self.status
+        if st is None or st.state != "rejected":
+            return False
+        err = st.error
+        if err is None or err.code == "stale":
+            return True
+        if err.document is not None and err.document != f"roles/{role}":
+            return True
+        return err.version is not None and err.version != version
 
-    def roles(self) -> dict[str, int]:
-        applied = self.doc.get("applied") or {}
-        roles = applied.get("roles") if isinstance(applied, Mapping) else None
-        return dict(roles) if isinstance(roles, Mapping) else {}
+
+@dataclass(slots=True)
+class HostStatus:
+    """The latest reading of a host, and the latest that was not a ``rejected`` one."""
+
+    latest: Reading
+    settled: Reading | None = None
+
+    @property
+    def status(self) -> StatusDocument | None:
+        return self.latest.status
+
+    @property
+    def state(self) -> str:
+        return self.latest.state
+
+    @property
+    def seq(self) -> int:
+        return self.latest.seq
+
+    def for_judging(self, role: str, version: int) -> Reading | None:
+        """What a rollout judges the host by: rejections of other documents or versions
+        (replays) are skipped, so they neither fail the host nor hide its result."""
+        if self.latest.is_rejection_of_other(role, version):
+            return self.settled
+        return self.latest
 
 
 @dataclass
@@ -79,41 +125,67 @@ class FleetView:
         if not payload:
             self.statuses.pop(host, None)
             return
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            log.warning("ignoring a status of %s that is not JSON", host)
-            return
-        if isinstance(doc, dict):
-            self.statuses[host] = HostStatus(doc, self.seq, time.monotonic())
+        status, invalid = None, None
+        if not HOST_RE.match(host):
+            invalid = "the topic does not name a valid host"
+        else:
+            try:
+                status = parse_status(payload, host=host)
+            except InvalidStatus as exc:
+                invalid = exc.message
+        reading = Reading(status, invalid, self.seq, time.monotonic())
+        if invalid is not None:
+            log.debug("invalid status of %s: %s", printable(host), printable(invalid))
+        before = self.statuses.get(host)
+        settled = before.latest if before and before.latest.state != "rejected" else None
+        if settled is None and before is not None:
+            settled = before.settled
+        self.statuses[host] = HostStatus(reading, settled)
 
     def _role_doc(self, role: str, payload: bytes) -> None:
         if not payload:
             self.role_docs.pop(role, None)
             return
         try:
+            load_bounded(payload, max_bytes=MAX_DOCUMENT_BYTES, max_depth=MAX_DOCUMENT_DEPTH)
             self.role_docs[role] = parse_document(payload)
-        except InvalidDocument as exc:
-            log.warning("ignoring the invalid document on roles/%s: %s", role, exc.message)
+        except (InvalidDocument, ValueError, RecursionError) as exc:
+            why = exc.message if isinstance(exc, InvalidDocument) else str(exc)
+            log.warning("ignoring the document on roles/%s: %s", printable(role), printable(why))
 
     def _rollout(self, role: str, payload: bytes) -> None:
         if not payload:
             self.rollouts.pop(role, None)
             return
         try:
+            load_bounded(payload, max_bytes=MAX_DOCUMENT_BYTES, max_depth=MAX_DOCUMENT_DEPTH)
             self.rollouts[role] = RolloutState.model_validate_json(payload)
-        except ValidationError as exc:
-            log.warning("ignoring an unreadable rollout state for %s: %s", role, exc)
+        except (ValidationError, ValueError) as exc:
+            log.warning("ignoring the rollout state of %s: %s", printable(role), printable(exc))
 
-    def role_hosts(self, role: str) -> list[str]:
-        """Hosts whose last status says they run ``role``."""
-        return sorted(h for h, s in self.statuses.items() if role in s.roles())
-
-    def in_force_version(self, role: str) -> int:
+    def published_hosts(self, role: str) -> list[str]:
+        """Hosts the controller side named for ``role``: the retained rollout state's waves
+        and the retained document's selector. Never what hosts say about themselves."""
+        hosts: set[str] = set()
+        state = self.rollouts.get(role)
+        if state is not None and state.role == role:
+            hosts.update(state.hosts)
         doc = self.role_docs.get(role)
-        versions = [doc.version] if doc else []
-        versions += [v for s in self.statuses.values() if (v := s.role_version(role))]
-        return max(versions, default=0)
+        if doc is not None and doc.rollout is not None:
+            hosts.update(doc.rollout.hosts)
+        return sorted(h for h in hosts if HOST_RE.match(h))
+
+    def published_version(self, role: str) -> int:
+        """The highest version of ``role`` the controller side published: the retained
+        document's, and the retained rollout state's (its version and abort version)."""
+        versions = [0]
+        doc = self.role_docs.get(role)
+        if doc is not None:
+            versions.append(doc.version)
+        state = self.rollouts.get(role)
+        if state is not None and state.role == role:
+            versions += [state.version, state.abort_version or 0]
+        return max(versions)
 
     async def wait(self, timeout: float) -> None:
         """Until something new arrives, or ``timeout``."""

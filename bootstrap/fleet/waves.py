@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from bootstrap.wire.status import CheckItem, StatusDocument
+from bootstrap.wire.text import printable
 
 Outcome = Literal["succeeded", "failed", "check_failed", "timed_out", "offline", "rejected"]
 FAILURES: frozenset[str] = frozenset({"failed", "check_failed", "timed_out", "offline", "rejected"})
@@ -130,56 +133,51 @@ class AbortPolicy:
         return None
 
 
-def failed_checks(
-    checks: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]] = ()
-) -> list[str]:
+def failed_checks(checks: Sequence[CheckItem], baseline: Sequence[CheckItem] = ()) -> list[str]:
     """Names of checks that fail now and did not already fail before the rollout."""
-    failing_before = {str(c.get("name")) for c in baseline if not c.get("ok", False)}
-    return [
-        str(c.get("name"))
-        for c in checks
-        if not c.get("ok", False) and str(c.get("name")) not in failing_before
-    ]
+    failing_before = {c.name for c in baseline if not c.ok}
+    return [printable(c.name, 64) for c in checks if not c.ok and c.name not in failing_before]
 
 
 def judge(
-    status: Mapping[str, Any] | None,
+    status: StatusDocument | None,
     *,
     role: str,
     version: int,
     fresh: bool,
-    baseline_checks: Sequence[Mapping[str, Any]] = (),
+    baseline_checks: Sequence[CheckItem] = (),
 ) -> tuple[Outcome | None, str]:
-    """One host's outcome for ``role`` at ``version`` from its latest status.
+    """One host's outcome for ``role`` at ``version`` from the status it is judged by.
 
+    Success needs the host to have applied exactly the version handed out
+    (``applied.roles[role] == version``), converged, with no newly failing check.
     ``fresh`` says the status was published after the host was handed the version (a
     failure from before proves nothing). None means: still waiting; an offline host is
     waited for until its timeout (then it fails as ``offline``), never taken as a success.
+    A ``rejected`` status counts only when it is about the version handed out and is not
+    a replay (the caller skips the others: :meth:`HostStatus.for_judging`).
     """
     if status is None:
-        return None, "no status yet"
-    state = status.get("state")
-    applied = status.get("applied") or {}
-    roles = applied.get("roles") or {} if isinstance(applied, Mapping) else {}
-    at_version = isinstance(roles, Mapping) and roles.get(role) == version
+        return None, "no valid status yet"
+    state = status.state
+    at_version = status.role_version(role) == version
     if state == "offline":
         return None, "offline"  # a blip is not a verdict; the timeout turns it into one
     if state == "converged" and at_version:
-        bad = failed_checks(status.get("checks") or [], baseline_checks)
+        bad = failed_checks(status.checks, baseline_checks)
         if bad:
             return "check_failed", "checks failed after apply: " + ", ".join(bad)
         return "succeeded", "converged"
     if not fresh:
         return None, f"waiting ({state})"
     if state in ("failed", "rolled_back"):
-        return "failed", _error_text(status, str(state))
-    if state == "rejected":
+        return "failed", _error_text(status, state)
+    if state == "rejected" and not (status.error and status.error.code == "stale"):
         return "rejected", _error_text(status, "rejected")
     return None, f"waiting ({state})"
 
 
-def _error_text(status: Mapping[str, Any], state: str) -> str:
-    error = status.get("error")
-    if isinstance(error, Mapping) and error.get("message"):
-        return f"{state}: {error['message']}"
+def _error_text(status: StatusDocument, state: str) -> str:
+    if status.error is not None and status.error.message:
+        return f"{state}: {printable(status.error.message)}"
     return state

@@ -147,6 +147,8 @@ class Fleet:
             str(self.tmp / "ops.key"),
             "--key-id",
             KEY_ID,
+            "--inventory",
+            str(self.tmp / "inventory.json"),
             *args,
         ]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -169,6 +171,8 @@ def start_fleet(tmp: Path, hosts: list[str], port: int, **config: Any) -> Iterat
     key = Ed25519PrivateKey.generate()
     (tmp / "ops.key").write_bytes(base64.b64encode(private_key_bytes(key)))
     trusted = [f"{KEY_ID}:{public_key_text(key.public_key())}"]
+    roster = {"hosts": {h: {"roles": ["kvm"]} for h in hosts}}  # who is in the rollout
+    (tmp / "inventory.json").write_text(json.dumps(roster))
     with Mosquitto(tmp / "broker") as broker:
         client = Client(broker)
         roots, agents = {}, []

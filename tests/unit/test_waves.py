@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bootstrap.agent.status import status_document
 from bootstrap.errors import ConfigError
 from bootstrap.fleet.acl import acl_text, hash_password, parse_inventory
 from bootstrap.fleet.state import RolloutState, iso, lock_holder, resumable, utcnow
@@ -23,6 +24,7 @@ from bootstrap.fleet.waves import (
     split_waves,
     wave_targets,
 )
+from bootstrap.wire.status import StatusDocument, parse_status
 
 DEFAULT = parse_waves("1,10%,50%,100%")
 
@@ -102,8 +104,16 @@ def test_offline_and_timeouts_count_as_failures_never_success() -> None:
     assert policy.decide({"a": "succeeded"}) is None
 
 
-def _status(state: str, version: int, checks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"state": state, "applied": {"roles": {"kvm": version}}, "checks": checks or []}
+def _status(
+    state: str,
+    version: int,
+    checks: list[dict[str, Any]] | None = None,
+    error: dict[str, Any] | None = None,
+    host: str = "h1",
+) -> StatusDocument:
+    doc = status_document(host=host, state=state, applied={"roles": {"kvm": version}}, error=error)
+    doc["checks"] = [{"detail": "", **c} for c in checks or []]
+    return parse_status(json.dumps(doc).encode())
 
 
 def test_judge_reads_state_version_and_checks() -> None:
@@ -117,9 +127,14 @@ def test_judge_reads_state_version_and_checks() -> None:
         "check_failed"
     )
     # a check that already failed before the rollout is not this version's fault
+    before = _status("converged", 7, [bad]).checks
     assert (
         judge(
-            _status("converged", 8, [bad]), role="kvm", version=8, fresh=True, baseline_checks=[bad]
+            _status("converged", 8, [bad]),
+            role="kvm",
+            version=8,
+            fresh=True,
+            baseline_checks=before,
         )[0]
         == "succeeded"
     )
@@ -128,7 +143,37 @@ def test_judge_reads_state_version_and_checks() -> None:
     # offline: waited for (the controller's timeout makes it a failure), never a success
     assert judge(_status("offline", 8), role="kvm", version=8, fresh=True) == (None, "offline")
     assert judge(None, role="kvm", version=8, fresh=True)[0] is None
-    assert failed_checks([bad, {"name": "x", "ok": True}]) == ["libvirt-listening"]
+    assert failed_checks(_status("converged", 8, [bad, {"name": "x", "ok": True}]).checks) == [
+        "libvirt-listening"
+    ]
+
+
+def test_judge_ignores_replays_and_rejections_of_other_versions() -> None:
+    stale = {"code": "stale", "message": "v3 is not newer than v8 (replay)", "field": "version"}
+    mine = {"code": "signature", "message": "bad", "document": "roles/kvm", "version": 8}
+    other = {**mine, "version": 3}
+    other_doc = {**mine, "document": "hosts/h1"}
+    assert judge(_status("rejected", 8, error=stale), role="kvm", version=8, fresh=True) == (
+        None,
+        "waiting (rejected)",
+    )
+    assert judge(_status("rejected", 7, error=mine), role="kvm", version=8, fresh=True)[0] == (
+        "rejected"
+    )
+    view = FleetView("p")
+    converged = status_document(host="h1", state="converged", applied={"roles": {"kvm": 8}})
+    view.feed("p/hosts/h1/status", json.dumps(converged).encode())
+    for error in (stale, other, other_doc):
+        rejected = status_document(
+            host="h1", state="rejected", applied={"roles": {"kvm": 8}}, error=error
+        )
+        view.feed("p/hosts/h1/status", json.dumps(rejected).encode())
+        reading = view.statuses["h1"].for_judging("kvm", 8)
+        assert reading is not None and reading.state == "converged", error  # skipped
+    rejected = status_document(host="h1", state="rejected", applied={"roles": {}}, error=mine)
+    view.feed("p/hosts/h1/status", json.dumps(rejected).encode())
+    reading = view.statuses["h1"].for_judging("kvm", 8)
+    assert reading is not None and reading.state == "rejected"  # about what it was handed
 
 
 def _rollout(controller: str, beat_age: float, phase: str = "running") -> RolloutState:
@@ -186,24 +231,38 @@ def test_acl_grants_hosts_only_their_topics() -> None:
         parse_inventory({"hosts": {"a": {}}, "operators": ["a"]})
 
 
-def test_view_discovers_role_hosts_and_the_version_in_force() -> None:
+def test_view_never_takes_membership_or_versions_from_statuses() -> None:
     view = FleetView("p")
 
     def status(host: str, roles: dict[str, int], state: str = "converged") -> bytes:
-        return json.dumps({"host": host, "state": state, "applied": {"roles": roles}}).encode()
+        doc = status_document(host=host, state=state, applied={"roles": roles})
+        return json.dumps(doc).encode()
 
     view.feed("p/hosts/a/status", status("a", {"kvm": 4}))
-    view.feed("p/hosts/b/status", status("b", {"lxc": 9}))
-    view.feed("p/hosts/c/status", status("c", {"kvm": 6}, "failed"))
+    view.feed("p/hosts/evil/status", status("evil", {"kvm": 999999999999, "web": 7}))
     view.feed("p/hosts/d/status", b"not json")
-    doc = {"apiVersion": "cloudstack-bootstrap/v1", "kind": "Role", "name": "kvm", "version": 5}
+    view.feed("p/hosts/e/status", status("not-e", {"kvm": 1}))
+    assert view.statuses["d"].status is None and view.statuses["d"].state == "invalid"
+    assert "host" in str(view.statuses["e"].latest.invalid)
+    assert view.published_hosts("kvm") == [] and view.published_version("kvm") == 0
+    doc = {
+        "apiVersion": "cloudstack-bootstrap/v1",
+        "kind": "Role",
+        "name": "kvm",
+        "version": 5,
+        "spec": {},
+        "rollout": {"id": "r1", "hosts": ["a", "b"]},
+    }
     view.feed("p/roles/kvm/desired", json.dumps(doc).encode())
-    assert view.role_hosts("kvm") == ["a", "c"]
-    assert view.in_force_version("kvm") == 6 and view.in_force_version("x") == 0
+    assert view.published_hosts("kvm") == ["a", "b"] and view.published_version("kvm") == 5
+    state = _rollout("c", 0).model_copy(update={"version": 7, "abort_version": 8})
+    view.feed("p/rollouts/kvm", state.model_dump_json(by_alias=True).encode())
+    assert view.published_hosts("kvm") == ["a", "b"] and view.published_version("kvm") == 8
+    view.feed("p/roles/kvm/desired", b"[" * 100_000 + b"]" * 100_000)  # ignored, no crash
     seq = view.statuses["a"].seq
     view.feed("p/hosts/a/status", status("a", {"kvm": 5}))
     assert view.statuses["a"].seq > seq  # a later status is recognisably newer
     view.feed("p/hosts/a/status", b"")  # a cleared retained status forgets the host
-    assert view.role_hosts("kvm") == ["c"]
+    assert "a" not in view.statuses
     inv = parse_inventory({"hosts": {"x": {"roles": ["kvm"]}, "y": {"roles": ["lxc"]}}})
     assert inv.role_hosts("kvm") == ["x"]
