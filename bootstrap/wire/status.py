@@ -77,7 +77,7 @@ class Applied(_Wire):
 
 class ChangeItem(_Wire):
     resource: Text
-    action: Literal["create", "delete", "modify", "restart"]
+    action: Literal["create", "delete", "modify", "restart", "adopt"]
     detail: Text = ""
 
 

@@ -138,3 +138,14 @@ def test_fleet_tools_do_not_import_the_host_engine() -> None:
     forbidden = ("bootstrap.engine", "bootstrap.converge", "bootstrap.resources", "bootstrap.host")
     assert not [m for m in out if m.startswith(forbidden) or m == "bootstrap.agent.daemon"], out
     assert "bootstrap.wire.status" in out
+
+
+def test_the_wire_knows_every_plan_action() -> None:
+    """The status document is typed apart from the engine: the two lists must agree."""
+    from typing import get_args
+
+    from bootstrap.engine.resource import Action
+    from bootstrap.wire.status import ChangeItem
+
+    wire = get_args(ChangeItem.model_fields["action"].annotation)
+    assert set(wire) == set(get_args(Action))
