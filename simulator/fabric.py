@@ -145,6 +145,10 @@ class Fabric:
             f"lacp={bond.lacp}",
             f"bond_mode={bond.mode}",
             "other_config:lacp-time=fast",
+            # a host not (yet) bonded still gets through, as switches' "LACP fallback" lets
+            # PXE and single-NIC installs work on a LAG port
+            "other_config:lacp-fallback-ab=true",
+            f"other_config:bond-primary={ports[0]}",  # the NIC a host installs on
             "--",
             "set",
             "port",

@@ -403,9 +403,10 @@ def build_layout(net: Net) -> Layout:
         role_specs = [net.desired.roles[r].spec for r in entry.roles]
         if not _carries_management(role_specs):  # the older spelling: mgmt0 on this VLAN
             management["vlan"] = mgmt_vlan
-        base: dict[str, Any] = {
-            "network": {"backend": entry.backend, "uplink": entry.uplink, "management": management}
-        }
+        network: dict[str, Any] = {"backend": entry.backend, "management": management}
+        if not any((s.get("network") or {}).get("uplink") for s in role_specs):
+            network["uplink"] = entry.uplink  # a role naming its uplink (a bond) keeps it
+        base: dict[str, Any] = {"network": network}
         overlay = net.desired.hosts.get(entry.name, HostOverlay())
         host_doc = {
             "apiVersion": API_VERSION,

@@ -320,6 +320,20 @@ class Network(Strict):
                 out.append(u)
         return tuple(out)
 
+    def nics(self) -> dict[str, str]:
+        """Every NIC the host must have (bond members, not bonds), each with the spec field
+        that names it, so a missing one is an error naming the field."""
+        out: dict[str, str] = {}
+        for i, bond in enumerate(self.bonds):
+            for j, member in enumerate(bond.members):
+                out[member] = f"spec.network.bonds[{i}].members[{j}]"
+        if self.bond(self.uplink) is None:
+            out.setdefault(self.uplink, "spec.network.uplink")
+        for i, b in enumerate(self.bridges):
+            if b.uplink and self.bond(b.uplink) is None:
+                out.setdefault(b.uplink, f"spec.network.bridges[{i}].uplink")
+        return out
+
     def port_name(self, bridge: Bridge) -> str:
         """The link a native bridge enslaves: the NIC itself, or its VLAN sub-interface."""
         uplink = self.uplink_of(bridge)

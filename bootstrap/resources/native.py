@@ -530,18 +530,6 @@ async def _converge(ipr: Any, now: LinkState | None, target: LinkState | None) -
         await converge_vlan(ipr, name, _as(VlanState, now), _as(VlanState, target))
 
 
-def _nic_fields(network: Network) -> dict[str, str]:
-    """Where the spec names each NIC, so a missing one is an error naming the field."""
-    out = {network.uplink: "spec.network.uplink"}
-    for i, b in enumerate(network.bridges):
-        if b.uplink and b.uplink not in out:
-            out[b.uplink] = f"spec.network.bridges[{i}].uplink"
-    for i, bond in enumerate(network.bonds):
-        for j, member in enumerate(bond.members):
-            out[member] = f"spec.network.bonds[{i}].members[{j}]"
-    return out
-
-
 def native_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
     """The resources of a native spec.network, in apply order (the revert runs backwards).
 
@@ -549,8 +537,9 @@ def native_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
     """
     del host
     wanted = layout(network)
+    fields = network.nics()
     out: list[Resource[Any]] = [
-        UplinkResource(u, field=_nic_fields(network).get(u.ifname)) for u in wanted.uplinks
+        UplinkResource(u, field=fields.get(u.ifname)) for u in wanted.uplinks
     ]
     out += [BondResource(b.ifname, b) for b in wanted.bonds]
     vlans = {v.ifname: v for v in wanted.vlans}

@@ -189,7 +189,11 @@ def _sync_bond(port: Row, bond: Uplink | None) -> bool:
     """The bond columns, and our other_config keys (the operator's other keys stay)."""
     changed = _set(port, "bond_mode", [bond.bond_mode] if bond and bond.bond_mode else [])
     changed |= _set(port, "lacp", [bond.lacp] if bond and bond.lacp else [])
-    other = {k: v for k, v in port.other_config.items() if k not in BOND_OTHER_CONFIG}
+    try:
+        found: dict[str, str] = dict(port.other_config)
+    except AttributeError:  # a row inserted in this transaction
+        found = {}
+    other = {k: v for k, v in found.items() if k not in BOND_OTHER_CONFIG}
     if bond is not None:
         if bond.lacp_time:
             other["lacp-time"] = bond.lacp_time
@@ -278,10 +282,16 @@ def _write(client: OvsdbClient, target: OvsState) -> bool:
     return client.transact(build)
 
 
+def _interface_names(b: OvsBridge) -> set[str]:
+    """The Interface rows a bridge needs (a bond port's name is not an interface)."""
+    uplink = set(b.uplink.interfaces()) if b.uplink else set()
+    return {b.name, *(f.name for f in b.fake_bridges)} | uplink
+
+
 def _errors(client: OvsdbClient, target: OvsState, settle: float = 2.0) -> list[str]:
     """What ovs-vswitchd made of our rows: bridges it could not open and ports it did not
     attach (no ofport) or attached with an error. Empty when all is well."""
-    names = {n for b in target.bridges for n in b.names()}
+    names = {n for b in target.bridges for n in _interface_names(b)}
 
     def interfaces() -> dict[str, Row]:
         return {i.name: i for i in client.rows("Interface") if i.name in names}
@@ -301,13 +311,66 @@ def _errors(client: OvsdbClient, target: OvsState, settle: float = 2.0) -> list[
                 + (" (is the openvswitch kernel module loaded?)" if b.datapath == "system" else "")
             )
             continue
-        for name in sorted(b.names() - {b.name}):
+        for name in sorted(_interface_names(b) - {b.name}):
             iface = found.get(name)
             if iface is not None and iface.error:
                 errors.append(f"{name}: {iface.error[0]}")
             elif iface is None or not attached(iface):
                 errors.append(f"{name}: not attached by ovs-vswitchd")
     return errors
+
+
+LACP_TIMEOUT = 15.0
+"""How long a bond may take to negotiate LACP with the switch (fast: a LACPDU a second;
+ovs-vswitchd publishes ``lacp_current`` with its status refresh)."""
+
+
+def lacp_partners(show: str) -> dict[str, str]:
+    """Pure: member -> partner system id, from ``ovs-appctl lacp/show BOND``, for members
+    whose LACP is current with a real partner (not defaulted to 00:00:00:00:00:00)."""
+    out: dict[str, str] = {}
+    member: str | None = None
+    for line in show.splitlines():
+        words = line.strip().split()
+        if line.startswith("member: ") and len(words) >= 3:
+            member = words[1].rstrip(":") if "current" in words[2:] else None
+        elif (
+            member
+            and line.strip().startswith("partner sys_id:")
+            and len(words) == 3
+            and words[2] != "00:00:00:00:00:00"
+        ):
+            out[member] = words[2]
+    return out
+
+
+async def _lacp_errors(host: HostRoot, bond: Uplink) -> list[str]:
+    """A LACP bond carries traffic only once the switch answers: wait for a real partner.
+
+    Without this, a probe could pass in the moment before LACP gives up on a switch that
+    has no LAG (a new bond counts as current until its first timeout), and the transaction
+    would commit a host that loses its path seconds later.
+    """
+    rundir = host.ovsdb_socket.parent
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LACP_TIMEOUT
+    while True:
+        ctls = sorted(rundir.glob("ovs-vswitchd*.ctl"))
+        target = ["-t", str(ctls[0])] if ctls else []
+        proc = await asyncio.create_subprocess_exec(
+            "ovs-appctl", *target, "lacp/show", bond.name,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if lacp_partners(out.decode(errors="replace")):
+            return []
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.25)  # ovs-vswitchd cannot tell us when: ask again
+    return [
+        f"{bond.name}: LACP not negotiated with the switch within {LACP_TIMEOUT:g} s "
+        f"(no partner on {', '.join(bond.interfaces())}): is the switch side a LAG?"
+    ]
 
 
 # -- the resource ---------------------------------------------------------------------------
@@ -357,6 +420,9 @@ class OpenVSwitch(Resource[OvsState]):
                 resource=self.name,
             )
         errors = await asyncio.to_thread(self._apply_db, target)
+        for b in target.bridges:
+            if not errors and b.uplink is not None and b.uplink.lacp in ("active", "passive"):
+                errors += await _lacp_errors(self.host, b.uplink)
         if errors:
             raise ResourceError("ovs-vswitchd: " + "; ".join(errors), resource=self.name)
         wanted = {n: up for b in target.bridges for n, up in b.internal().items()}
@@ -412,8 +478,16 @@ async def _set_links(wanted: dict[str, bool], timeout: float, resource: str) -> 
 
 
 def openvswitch_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
-    """The OVS layout, then the management address on the fake bridge carrying management."""
-    out: list[Resource[Any]] = [OpenVSwitch(host, desired_bridge(network))]
+    """The NICs (they must exist: an error names the spec field), the OVS layout, then the
+    management address on the fake bridge carrying management."""
+    from bootstrap.resources.native import UplinkResource
+    from bootstrap.resources.native_state import UplinkState
+
+    out: list[Resource[Any]] = [
+        UplinkResource(UplinkState(nic, network.mtu, up=True), field=field)
+        for nic, field in network.nics().items()
+    ]
+    out.append(OpenVSwitch(host, desired_bridge(network)))
     mgmt = network.management
     if mgmt is not None and (bridge := network.device("management")) is not None:
         out.append(ManagementAddress(bridge.name, mgmt.address, mgmt.gateway))
