@@ -128,6 +128,20 @@ def test_a_fleet_built_by_hand_the_seeds_way_is_adopted(sim: SimFactory) -> None
     _passes_every_check(fleet)
 
 
+@pytest.mark.qemu
+def test_bonded_hosts_keep_every_path_with_a_member_cable_pulled(sim: SimFactory) -> None:
+    fleet = sim("nets/bond-ovs.yaml")
+    _passes_every_check(fleet)
+    assert fleet.fabric is not None
+    for host in fleet.layout.hosts:  # the switch side of eth0 down on every host
+        fleet.fabric.set_port(host.port_of("eth0"), up=False)
+    for name, result in _by_name(fleet.check(["reach", "ports", "migration"])).items():
+        assert result.ok, (name, [r for r in result.rows if not r.ok])
+    ovs = fleet.hosts["kvm3"].ovs
+    assert ovs is not None
+    assert "may_enable: false" in ovs.appctl("ovs-vswitchd", "bond/show", "bond0")  # really cut
+
+
 def test_broken_net_fails_exactly_the_right_checks(sim: SimFactory) -> None:
     fleet = sim(HERE / "broken.yaml")
     assert all(r.ok for r in fleet.rollout_rows), fleet.rollout_rows  # faults apply fine
