@@ -489,9 +489,15 @@ def load_net(path: str | Path) -> Net:
 
 
 def needs_8021q(net: Net) -> bool:
-    """Native-backend hosts build VLAN sub-interfaces; so does a tagged install network."""
+    """Native-backend hosts with VLAN sub-interfaces or bonds need the full kernel (8021q,
+    bonding); so does a tagged install network."""
     layout = net.layout()
     return any(
-        h.install_tagged or (h.backend == "native" and h.spec.network and h.spec.network.vlans())
+        h.install_tagged
+        or (
+            h.backend == "native"
+            and h.spec.network is not None
+            and bool(h.spec.network.vlans() or h.spec.network.bonds)
+        )
         for h in layout.hosts
     )
