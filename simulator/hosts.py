@@ -24,7 +24,7 @@ from simulator.namespaces import Namespace, veth_pair
 from simulator.nets import HostLayout
 from simulator.ovs import OvsDaemons
 
-__all__ = ["Guest", "SimHost", "agent_toml"]
+__all__ = ["SEED_OVS_VSCTL", "Guest", "SimHost", "agent_toml", "build_seed_ovs"]
 
 PREFIX = "cloudstack/bootstrap/v1"
 RESERVED_PORTS = "49152-49216"
@@ -54,6 +54,15 @@ def agent_toml(
         f'username = "{host}"\n'
         f'password_file = "{password_file}"\n'
     )
+
+
+def build_seed_ovs(ovs: OvsDaemons) -> None:
+    """The seed's OVS layout by hand, its commands verbatim (netdev datapath: the kernel
+    here has no openvswitch module)."""
+    for argv in SEED_OVS_VSCTL:
+        ovs.vsctl(*argv)
+        if argv == ("add-br", "cloudbr"):
+            ovs.vsctl("set", "bridge", "cloudbr", "datapath_type=netdev")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +134,10 @@ class SimHost:
         return host
 
     def _build_seed_ovs(self, mgmt_vlan: int) -> str:
-        """The seed's OVS layout by hand (netdev datapath: no kernel module here)."""
         assert self.ovs is not None
         if mgmt_vlan != 100:
             raise ValueError("seed-ovs builds the seed's VLANs: the management VLAN must be 100")
-        for argv in SEED_OVS_VSCTL:
-            self.ovs.vsctl(*argv)
-            if argv == ("add-br", "cloudbr"):
-                self.ovs.vsctl("set", "bridge", "cloudbr", "datapath_type=netdev")
+        build_seed_ovs(self.ovs)
         return "mgmt0"
 
     # -- the agent ------------------------------------------------------------------------

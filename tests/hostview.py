@@ -2,20 +2,20 @@
 
 The kernel's live counters are masked (bridge timers, operstate while a carrier settles,
 and the queueing discipline the kernel attaches the first time a link comes up);
-every configured byte is compared as printed. IPv6 duplicate address detection
-(``tentative``) is live state too.
+every configured byte is compared as printed.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from simulator.namespaces import Namespace
 
 __all__ = ["host_view"]
 
 _LIVE = re.compile(
-    r"(\b\w+_timer)\s+[\d.]+|(\bstate) (UP|DOWN|UNKNOWN|LOWERLAYERDOWN)\b|(\bqdisc) \S+"
+    r"(\b\w+_timer)\s+[\d.]+|(\bstate) (?:UP|DOWN|UNKNOWN|LOWERLAYERDOWN)\b|(\bqdisc) \S+"
 )
 
 
@@ -23,15 +23,25 @@ def _ip(ns: Namespace, *argv: str) -> str:
     return str(ns.run(["ip", *argv], capture_output=True, text=True).stdout)
 
 
+def _dad_done(ns: Namespace, timeout: float = 10.0) -> None:
+    """Wait until no IPv6 address is tentative: DAD adds a local route when it ends."""
+    deadline = time.monotonic() + timeout
+    while "tentative" in _ip(ns, "-6", "address", "show"):
+        if time.monotonic() > deadline:
+            raise AssertionError("IPv6 duplicate address detection never finished")
+        time.sleep(0.1)  # poll the kernel's own state
+
+
 def host_view(ns: Namespace) -> dict[str, str]:
-    """Links (with -d), addresses and every route table, as ``ip`` prints them."""
+    """Links (with -d), addresses and every route table, as ``ip`` prints them, once the
+    kernel's IPv6 duplicate address detection has settled."""
+    _dad_done(ns)
 
     def masked(text: str) -> str:
         return _LIVE.sub(lambda m: f"{m.group(1) or m.group(2) or m.group(3)} *", text)
 
     return {
         "links": masked(_ip(ns, "-d", "link", "show")),
-        # an IPv6 link-local address is "tentative" while the kernel's DAD runs
-        "addresses": masked(_ip(ns, "-d", "address", "show")).replace(" tentative", ""),
+        "addresses": masked(_ip(ns, "-d", "address", "show")),
         "routes": _ip(ns, "route", "show", "table", "all"),
     }

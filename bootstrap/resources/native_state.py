@@ -13,8 +13,9 @@ not name are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Discriminator
 
@@ -209,6 +210,7 @@ def layout(network: Network) -> Layout:
 
 
 AnyLink = VlanState | BridgeState | BondState
+_Link = TypeVar("_Link", VlanState, BridgeState, BondState)
 
 
 def mismatch(current: AnyLink, wanted: AnyLink) -> list[str]:
@@ -246,17 +248,7 @@ def _describe_bond(state: BondState) -> str:
 
 def bond_changes(name: str, current: BondState | None, target: BondState | None) -> list[Change]:
     """Pure: the plan lines for one bond."""
-    if current == target:
-        return []
-    if current is None:
-        assert target is not None
-        return [Change(name, "create", _describe_bond(target))]
-    if target is None:
-        return [Change(name, "delete", _describe_bond(current))]
-    words = mismatch(current, target)
-    if adopted := _ownership(name, current, target, words):
-        return adopted
-    return [Change(name, "modify", "; ".join(words))] if words else []
+    return _link_changes(name, current, target, _describe_bond)
 
 
 def _updown(up: bool) -> str:
@@ -345,21 +337,28 @@ def vlan_changes(name: str, current: VlanState | None, target: VlanState | None)
     return [Change(name, "modify", "; ".join(words))] if words else []
 
 
-def bridge_changes(
-    name: str, current: BridgeState | None, target: BridgeState | None
+def _link_changes(
+    name: str, current: _Link | None, target: _Link | None, describe: Callable[[_Link], str]
 ) -> list[Change]:
-    """Pure: the plan lines for one bridge."""
+    """Pure: create, delete, adopt (or give back) or modify one link."""
     if current == target:
         return []
     if current is None:
         assert target is not None
-        return [Change(name, "create", _describe_bridge(target))]
+        return [Change(name, "create", describe(target))]
     if target is None:
-        return [Change(name, "delete", _describe_bridge(current))]
+        return [Change(name, "delete", describe(current))]
     words = mismatch(current, target)
     if adopted := _ownership(name, current, target, words):
         return adopted
     return [Change(name, "modify", "; ".join(words))] if words else []
+
+
+def bridge_changes(
+    name: str, current: BridgeState | None, target: BridgeState | None
+) -> list[Change]:
+    """Pure: the plan lines for one bridge."""
+    return _link_changes(name, current, target, _describe_bridge)
 
 
 def uplink_changes(name: str, current: UplinkState, target: UplinkState) -> list[Change]:

@@ -25,6 +25,7 @@ from bootstrap.engine.transaction import Outcome, apply_plan, revert_steps
 from bootstrap.errors import ResourceError
 from bootstrap.model.spec import Network
 from bootstrap.resources.openvswitch import OpenVSwitch, openvswitch_resources
+from simulator.hosts import build_seed_ovs
 from simulator.namespaces import Namespace, veth_pair
 from simulator.ovs import OvsDaemons
 from tests.hostview import host_view
@@ -314,23 +315,12 @@ class Explode(Resource[str | None]):
             raise ResourceError("forced failure", resource=self.name)
 
 
-SEED_OVS_VSCTL = (  # the seed's own commands (its "set port cloudbr trunks" included)
-    ("add-br", "cloudbr", "--", "set", "bridge", "cloudbr", "datapath_type=netdev"),
-    ("add-port", "cloudbr", "eth0"),
-    ("set", "port", "cloudbr", "trunks=100,200,300"),
-    ("add-br", "mgmt0", "cloudbr", "100"),
-    ("add-br", "cloudbr0", "cloudbr", "200"),
-    ("add-br", "cloudbr1", "cloudbr", "300"),
-)
-
-
 def test_the_seeds_hand_built_layout_is_adopted_and_given_back_byte_for_byte(
     make_host: Callable[[str], Host],
 ) -> None:
     a, b = make_host("a"), make_host("b")
     assert b.converge(seed_network("192.168.42.12/24"))[1].state == "converged"
-    for argv in SEED_OVS_VSCTL:
-        a.ovs.vsctl(*argv)
+    build_seed_ovs(a.ovs)
     a.ns.run(["ip", "link", "set", "mgmt0", "up"])
     a.add_addr("mgmt0", "192.168.42.11/24")
     a.ns.run(["ip", "route", "add", "default", "via", "192.168.42.1", "dev", "mgmt0", "onlink"])
