@@ -17,7 +17,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute, config, netns
+
+if os.environ.get("CSBOOT_FULLKERNEL") == "1":
+    # Inside the emulated (TCG) VM a fork of this interpreter takes many seconds; pyroute2's
+    # namespace helpers must be given that long to answer (its default is 2 s).
+    config.default_communicate_timeout = 60
 
 NETNS_DIR = Path("/var/run/netns")
 PREFIX = "csb"
