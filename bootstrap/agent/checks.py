@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from bootstrap.engine.probe import TcpProbe, wait_for_probe
 from bootstrap.engine.transaction import Check
+from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec
 
 
@@ -22,9 +23,23 @@ async def libvirt_listening(spec: Spec, window: float = 10.0) -> Check:
     return Check("libvirt-listening", ok, f"tcp {port}" + ("" if ok else ": nothing listens"))
 
 
-async def run_checks(names: Sequence[str], spec: Spec) -> list[Check]:
+async def cloudstack_agent(host: HostRoot) -> Check:
+    """Would CloudStack's own KVM agent start here (``csboot check --cloudstack``)? One
+    check: its failures, each naming the agent.properties key and the device."""
+    from bootstrap.host.cloudstack import run_cloudstack_checks
+
+    found = await run_cloudstack_checks(host)
+    bad = [f"{c.name}: {c.detail}" for c in found if not c.ok]
+    if bad:
+        return Check("cloudstack-agent", False, "; ".join(bad))
+    return Check("cloudstack-agent", True, f"{len(found)} checks pass")
+
+
+async def run_checks(names: Sequence[str], spec: Spec, host: HostRoot | None = None) -> list[Check]:
     checks = []
     for name in names:
         if name == "libvirt-listening":
             checks.append(await libvirt_listening(spec))
+        elif name == "cloudstack-agent":
+            checks.append(await cloudstack_agent(host or HostRoot()))
     return checks
