@@ -108,7 +108,7 @@ class Host:
             names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
             return {names[m.get("oif")] for m in ipr.route("dump", family=2) if m["dst_len"] == 0}
 
-    def ping(self, address: str, wait: int = 3) -> bool:
+    def ping(self, address: str, wait: int = 10) -> bool:
         done = self.ns.run(["ping", "-c1", f"-w{wait}", address], check=False, capture_output=True)
         return done.returncode == 0
 
@@ -208,9 +208,8 @@ def test_second_apply_changes_nothing_and_flaps_nothing(make_host: Callable[[str
         data = json.loads(json.dumps(step.resource.dump(step.current)))
         assert step.resource.load(data) == step.current
     # Apply anyway (the engine would skip it): nothing is written, nothing recreated.
-    resource = plan.steps[0].resource
-    assert isinstance(resource, OpenVSwitch)
-    a.run(resource.apply(plan.steps[0].current, plan.steps[0].target))
+    (step,) = [s for s in plan.steps if isinstance(s.resource, OpenVSwitch)]
+    a.run(step.resource.apply(step.current, step.target))
     _, outcome = a.converge(network)
     assert outcome.state == "converged" and not outcome.changes
     assert a.get("open_vswitch", ".", "next_cfg") == next_cfg
