@@ -11,6 +11,7 @@ DEB_PACKAGES=(
   qemu-system-x86                      # live-migration guests and the full-kernel VM
   iproute2 iputils-ping procps util-linux  # namespaces (nsenter) for tests; ping for humans
   python3-venv
+  dpkg-dev gpg                         # the signed test apt repository (dpkg-scanpackages, gpg)
 )
 # The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p); virtme-ng
 # builds its initramfs with busybox.

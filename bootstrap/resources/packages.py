@@ -46,7 +46,8 @@ async def run(*argv: str, env: dict[str, str] | None = None) -> str:
     out, err = await proc.communicate()
     if proc.returncode != 0:
         tail = (err or out).decode(errors="replace").strip().splitlines()[-3:]
-        raise PackageError(f"{argv[0]} {argv[1]} failed: {' | '.join(tail)}")
+        verb = next((a for a in argv[1:] if not a.startswith("-")), "")
+        raise PackageError(f"{argv[0]} {verb} failed: {' | '.join(tail)}")
     return out.decode(errors="replace")
 
 
