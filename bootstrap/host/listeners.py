@@ -25,9 +25,15 @@ async def tls_answers(host: str, port: int, timeout: float = 2.0) -> tuple[bool,
         )
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
-        return ("ALERT" in reason.upper(), f"TLS: {reason}")
-    except (OSError, TimeoutError) as exc:
-        return False, f"nothing listens ({type(exc).__name__})"
+        if "ALERT" in reason.upper():
+            return True, f"TLS alert {reason}"
+        return False, f"not TLS ({reason})"
+    except ConnectionRefusedError:
+        return False, "nothing listens"
+    except TimeoutError:
+        return False, "no TLS handshake (timed out)"
+    except OSError as exc:  # something listens, and hangs up on a TLS hello
+        return False, f"not TLS ({type(exc).__name__})"
     writer.close()
     with contextlib.suppress(OSError, ssl.SSLError):
         await writer.wait_closed()
