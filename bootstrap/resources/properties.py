@@ -292,3 +292,7 @@ class AgentProperties(FileResource):
 
     def describe(self, old: bytes | None, new: bytes | None) -> str:
         return describe((old or b"").decode("latin-1"), (new or b"").decode("latin-1"))
+
+    def owned(self) -> str:
+        """The keys we own, for ``csboot plan``'s hand-off listing."""
+        return ", ".join([*self.values, *sorted(self.remove)])
