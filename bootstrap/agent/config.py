@@ -26,7 +26,7 @@ from bootstrap.agent.topics import DEFAULT_PREFIX, check_host, check_prefix, che
 from bootstrap.errors import ConfigError, SignatureError
 from bootstrap.model.signing import load_public_key
 
-KNOWN_CHECKS = ("libvirt-listening",)
+KNOWN_CHECKS = ("libvirt-listening", "time-synchronised")  # the second: when the spec has time
 
 
 class Broker(BaseModel):
