@@ -1,9 +1,9 @@
 """The post-apply ``libvirt-listening`` check follows ``libvirt.mode``, against real listeners.
 
-No libvirtd runs here (Debian's libvirt-daemon-system is not installed on the test machine),
-so the listeners stand in for it: ``openssl s_server`` asking for a client certificate as
-libvirtd's TLS socket does (mode tls, on tls_port), a plain TCP server (mode tcp, on
-tcp_port). Each mode passes only against its own kind of listener.
+The check's own edges, with listeners that stand in for libvirtd: ``openssl s_server``
+asking for a client certificate as libvirtd's TLS socket does (mode tls, on tls_port), a
+plain TCP server (mode tcp, on tcp_port). Each mode passes only against its own kind of
+listener. test_libvirtd.py runs the check against a real libvirtd in both modes.
 """
 
 from __future__ import annotations
