@@ -44,7 +44,7 @@ from bootstrap.resources.conffile import (
     values,
 )
 from bootstrap.resources.filestate import LinkState, Symlink, WholeFile
-from bootstrap.resources.units import UNIT_DIRS, unit_file
+from bootstrap.resources.units import UNIT_DIRS, systemctl, unit_file
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,16 @@ class UnitMask(Symlink):
 
     def __init__(self, host: HostRoot, unit: str) -> None:
         super().__init__(host, f"/etc/systemd/system/{unit}", "/dev/null", restarts=LIBVIRTD)
+        self.unit = unit
+
+    async def after_apply(self, target: LinkState) -> None:
+        """On a running systemd: reload, and stop a socket we just masked (a masked but
+        listening socket would still hand libvirtd its file descriptors)."""
+        if not (self.host.is_real and systemd_running()):
+            return
+        await systemctl("daemon-reload")
+        if target.points_to == "/dev/null":
+            await systemctl("stop", self.unit)
 
 
 def systemd_running() -> bool:

@@ -4,8 +4,9 @@ Installed first, before anything else changes (``converge`` applies them as a st
 their own and plans the rest on the installed host), and never removed: a rollback leaves
 them, and every plan line says so. A repeated apply installs nothing.
 
-On the machine's own root apt refreshes only our repository's list (the machine's other
-lists are neither fetched nor cleaned). Under ``--root DIR`` apt and dpkg act on DIR alone:
+On the machine's own root apt refreshes its lists (ours and the distribution's: the
+packages' dependencies come from both) before it installs. Under ``--root DIR`` apt and
+dpkg act on DIR alone:
 its sources, keyrings, lists and cache, and its dpkg database (``dpkg --root``), so a test
 or a simulated host never changes the machine's packages.
 """
@@ -105,8 +106,8 @@ class PackageState:
 class Installer:
     """apt/dpkg or dnf/rpm, on the machine's root or confined to ``--root``."""
 
-    def __init__(self, manager: str, host: HostRoot, repository: bool) -> None:
-        self.manager, self.host, self.repository = manager, host, repository
+    def __init__(self, manager: str, host: HostRoot) -> None:
+        self.manager, self.host = manager, host
         self.root = str(host.root.resolve())
 
     def _apt_options(self) -> list[str]:
@@ -163,14 +164,7 @@ class Installer:
         self._prepare()
         if self.manager == "apt":
             opts = self._apt_options()
-            update = ["apt-get", "-q", "update", *opts]
-            if self.host.is_real and self.repository:  # refresh our list only
-                update += [
-                    f"-oDir::Etc::sourcelist={APT_LIST}",
-                    "-oDir::Etc::sourceparts=-",
-                    "-oAPT::Get::List-Cleanup=0",
-                ]
-            await run(*update)
+            await run("apt-get", "-q", "update", *opts)
             env = {"DEBIAN_FRONTEND": "noninteractive"}
             await run("apt-get", "-q", "-y", "install", *opts, *names, env=env)
             return
@@ -186,9 +180,7 @@ class PackagesResource(Resource[PackageState]):
     def __init__(self, packages: Packages, host: HostRoot) -> None:
         self.names = packages.install
         self.source = packages.repository.url if packages.repository else "the distribution"
-        self.installer = Installer(
-            manager_of(packages, host), host, packages.repository is not None
-        )
+        self.installer = Installer(manager_of(packages, host), host)
 
     @property
     def name(self) -> str:
