@@ -45,10 +45,16 @@ def _key(home: Path, uid: str) -> str:
     return _gpg(home, "--armor", "--export").decode()
 
 
+SHIPPED_LIBVIRTD_CONF = "# libvirtd.conf as the package ships it\n#listen_tcp = 1\n"
+
+
 def build_repo(base: Path, package: str = "cloudstack-agent", version: str = "4.20.0-1") -> Repo:
+    """The stand-in ships its unit and, like libvirt's packages, /etc/libvirt/libvirtd.conf."""
     pkg = base / "pkg"
     (pkg / "DEBIAN").mkdir(parents=True)
     (pkg / "lib/systemd/system").mkdir(parents=True)
+    (pkg / "etc/libvirt").mkdir(parents=True)
+    (pkg / "etc/libvirt/libvirtd.conf").write_text(SHIPPED_LIBVIRTD_CONF)
     (pkg / "DEBIAN/control").write_text(
         f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
         "Maintainer: csboot tests <tests@example.org>\nDescription: test stand-in\n"

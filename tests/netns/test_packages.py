@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.aptrepo import Repo, build_repo, debian_root, installed
+from tests.aptrepo import SHIPPED_LIBVIRTD_CONF, Repo, build_repo, debian_root, installed
 
 pytestmark = [
     pytest.mark.root,
@@ -130,3 +130,22 @@ def test_a_repository_signed_by_another_key_installs_nothing(
     assert "apt-get update failed" in out["error"]["message"]
     assert "NO_PUBKEY" in out["error"]["message"]  # apt checked InRelease against the key
     assert installed(root, "cloudstack-agent") is None
+
+
+def test_files_a_package_ships_are_edited_not_replaced(
+    tmp_path: Path, repo: Repo, root: Path
+) -> None:
+    """The rest is planned once the packages are in: our keys go into the shipped file."""
+    path = tmp_path / "role.yaml"
+    doc = role(tmp_path, repo)
+    spec = yaml.safe_load(Path(doc).read_text())
+    spec["spec"]["libvirt"] = {"mode": "tcp"}
+    path.write_text(yaml.safe_dump(spec))
+    assert not (root / "etc/libvirt/libvirtd.conf").exists()
+
+    applied = csboot("apply", "-f", str(path), "--root", str(root), "--json")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    conf = (root / "etc/libvirt/libvirtd.conf").read_text()
+    assert conf.startswith(SHIPPED_LIBVIRTD_CONF) and "\nlisten_tcp = 1\n" in conf
+    changes = {c["resource"]: c for c in json.loads(applied.stdout)["changes"]}
+    assert changes["file/etc/libvirt/libvirtd.conf"]["action"] == "modify"  # not "create"
