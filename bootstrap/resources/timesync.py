@@ -77,8 +77,13 @@ def chrony_conf(host: HostRoot) -> str:
 
 
 def chrony_service(host: HostRoot) -> str:
-    """Debian calls the unit chrony.service (chronyd.service is an alias), EL chronyd."""
-    return "chrony" if unit_file(host, "chrony.service") else "chronyd"
+    """Debian calls the unit chrony.service (chronyd.service is an alias), EL chronyd;
+    before chrony is installed, the distribution family decides."""
+    if unit_file(host, "chrony.service"):
+        return "chrony"
+    if unit_file(host, "chronyd.service"):
+        return "chronyd"
+    return "chrony" if host.path("/etc/debian_version").exists() else "chronyd"
 
 
 def time_resources(spec: Spec, host: HostRoot) -> list[Resource[Any]]:
