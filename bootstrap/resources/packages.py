@@ -65,16 +65,20 @@ def manager_of(packages: Packages, host: HostRoot) -> str:
     )
 
 
-def codename(host: HostRoot) -> str | None:
+def os_release(host: HostRoot, field: str) -> str | None:
     try:
         text = host.path("/etc/os-release").read_text()
     except FileNotFoundError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition("=")
-        if key == "VERSION_CODENAME" and value.strip("\"'"):
+        if key == field and value.strip("\"'"):
             return value.strip("\"'")
     return None
+
+
+def codename(host: HostRoot) -> str | None:
+    return os_release(host, "VERSION_CODENAME")
 
 
 def apt_source(repo: Repository, host: HostRoot) -> bytes:
@@ -90,8 +94,9 @@ def apt_source(repo: Repository, host: HostRoot) -> bytes:
     return (" ".join(words) + "\n").encode()
 
 
-def dnf_repo(repo: Repository) -> bytes:
-    check = f"gpgcheck=1\ngpgkey=file://{DNF_KEY}\n" if repo.key else "gpgcheck=0\n"
+def dnf_repo(repo: Repository, host: HostRoot) -> bytes:
+    """A ``.repo`` section; ``gpgkey`` names the key file as this machine sees it."""
+    check = f"gpgcheck=1\ngpgkey=file://{host.path(DNF_KEY)}\n" if repo.key else "gpgcheck=0\n"
     return f"[cloudstack]\nname=Apache CloudStack\nbaseurl={repo.url}\nenabled=1\n{check}".encode()
 
 
@@ -168,8 +173,17 @@ class Installer:
             env = {"DEBIAN_FRONTEND": "noninteractive"}
             await run("apt-get", "-q", "-y", "install", *opts, *names, env=env)
             return
-        root = [] if self.host.is_real else [f"--installroot={self.root}"]
-        await run("dnf", "-y", "install", *root, *names)
+        await run("dnf", "-y", "install", *self._dnf_options(), *names)
+
+    def _dnf_options(self) -> list[str]:
+        """Under ``--root``: install there, with the root's repositories and release."""
+        if self.host.is_real:
+            return []
+        r = self.root
+        out = [f"--installroot={r}", f"--setopt=reposdir={r}/etc/yum.repos.d"]
+        if release := os_release(self.host, "VERSION_ID"):
+            out.append(f"--releasever={release}")
+        return out
 
 
 class PackagesResource(Resource[PackageState]):
@@ -234,7 +248,7 @@ def install_resources(spec: Spec, host: HostRoot) -> list[Resource[Any]]:
             ]
         else:
             key = repo.key.encode() if repo.key else None
-            out += [WholeFile(host, DNF_KEY, key), WholeFile(host, DNF_REPO, dnf_repo(repo))]
+            out += [WholeFile(host, DNF_KEY, key), WholeFile(host, DNF_REPO, dnf_repo(repo, host))]
     out.append(PackagesResource(packages, host))
     return out
 
