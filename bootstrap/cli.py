@@ -25,6 +25,7 @@ from bootstrap.fleet.cli import register as register_fleet
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import Document, effective_spec, parse_document
 from bootstrap.model.spec import Spec
+from bootstrap.resources.handoff import ownership
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -80,7 +81,9 @@ def describe_docs(docs: Sequence[Document]) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
         docs, spec = load_spec(args.file)
-        plan = asyncio.run(plan_host(spec, HostRoot(Path(args.root))))
+        host = HostRoot(Path(args.root))
+        plan = asyncio.run(plan_host(spec, host))
+        owned = ownership(spec, host)
     except BootstrapError as exc:
         return fail(exc, args.json)
     restarts = plan.restarts
@@ -90,6 +93,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "documents": [d.topic_key() + f"@{d.version}" for d in docs],
                 "changes": [c.to_json() for c in plan.changes],
                 "restarts": restarts,
+                "ownership": owned,
             }
         )
     else:
@@ -99,6 +103,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for service in restarts:
             print(f"  ↻ service/{service}: restart (reads a changed file)")
         print(f"{len(plan.changes)} change(s) pending." if plan else "nothing to change.")
+        for line in owned:
+            print(line)
     return 2 if plan else 0
 
 

@@ -14,11 +14,12 @@ from bootstrap.engine.journal import Journal
 from bootstrap.engine.plan import Plan, make_plan
 from bootstrap.engine.probe import IcmpProbe, Probe
 from bootstrap.engine.services import services_for
-from bootstrap.engine.transaction import EventSink, Outcome, apply_plan, recover
+from bootstrap.engine.transaction import Check, EventSink, Outcome, apply_plan, recover
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import validate_spec
 from bootstrap.model.spec import Spec
 from bootstrap.resources import resources_for
+from bootstrap.resources.packages import install_resources
 
 
 def _noop(_event: str, _data: Any) -> None:
@@ -65,16 +66,38 @@ async def plan_host(spec: Spec, host: HostRoot) -> Plan:
 async def converge(
     spec: Spec, host: HostRoot, options: Options = Options()
 ) -> tuple[Plan, Outcome]:
-    """Recover from any interrupted run, plan, then apply the plan as one transaction."""
+    """Recover from any interrupted run, plan, then apply the plan as one transaction.
+
+    Packages go first, on their own: what they install (libvirtd.conf, chrony.conf, unit
+    files) must be on disk before the rest is planned, or the plan would edit files that
+    do not exist yet. A rollback of the rest leaves them, and the outcome says so.
+    """
     await recover_host(host)
-    plan = await plan_host(spec, host)
+    installed = await make_plan(install_resources(spec, host))
+    services = services_for(host.is_real)
+    if installed:
+        first = await apply_plan(
+            installed,
+            services=services,
+            journal=journal_for(host),
+            journal_spec=spec.model_dump(mode="json"),
+            on_event=options.on_event,
+        )
+        if not first.ok:
+            return installed, first
+    plan = await make_plan(resources_for(spec, host, installs=False))
     outcome = await apply_plan(
         plan,
-        services=services_for(host.is_real),
+        services=services,
         probes=probes_for(spec, options.probes),
         rollback_window=options.rollback_window,
         journal=journal_for(host),
         journal_spec=spec.model_dump(mode="json"),
         on_event=options.on_event,
     )
-    return plan, outcome
+    if installed:
+        outcome.changes[:0] = installed.changes
+        if not outcome.ok:
+            kept = ", ".join(c.resource for c in installed.changes)
+            outcome.checks.append(Check("packages", True, f"the rollback left them: {kept}"))
+    return Plan(installed.steps + plan.steps), outcome

@@ -11,6 +11,9 @@ DEB_PACKAGES=(
   qemu-system-x86                      # live-migration guests and the full-kernel VM
   iproute2 iputils-ping procps util-linux  # namespaces (nsenter) for tests; ping for humans
   python3-venv
+  dpkg-dev gpg                         # the signed test apt repository (dpkg-scanpackages, gpg)
+  libvirt-daemon openssl               # a real libvirtd (no system integration, never started by apt) for the libvirt-mode tests
+  dnf rpm createrepo-c                 # the EL side of the packages tests: a signed rpm repository, dnf --installroot
 )
 # The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p); virtme-ng
 # builds its initramfs with busybox.

@@ -10,15 +10,20 @@ from collections.abc import Sequence
 
 from bootstrap.engine.probe import TcpProbe, wait_for_probe
 from bootstrap.engine.transaction import Check
+from bootstrap.host.listeners import time_synchronised, wait_for_tls
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec
 
 
 async def libvirt_listening(spec: Spec, window: float = 10.0) -> Check:
-    """Something accepts TCP on ``libvirt.tcp_port`` on this host (when listen_tcp is on)."""
-    if not spec.libvirt.listen_tcp:
+    """libvirtd answers in the spec's mode: a TLS handshake on ``tls_port`` (mode tls), a
+    TCP connection on ``tcp_port`` (mode tcp); not checked when neither listens."""
+    port = spec.libvirt.port
+    if port is None:
         return Check("libvirt-listening", True, "listen_tcp is off: not checked")
-    port = spec.libvirt.tcp_port
+    if spec.libvirt.mode == "tls":
+        ok, why = await wait_for_tls("127.0.0.1", port, window)
+        return Check("libvirt-listening", ok, f"tls {port}" + ("" if ok else f": {why}"))
     ok = await wait_for_probe(TcpProbe("127.0.0.1", port), window)
     return Check("libvirt-listening", ok, f"tcp {port}" + ("" if ok else ": nothing listens"))
 
@@ -42,4 +47,6 @@ async def run_checks(names: Sequence[str], spec: Spec, host: HostRoot | None = N
             checks.append(await libvirt_listening(spec))
         elif name == "cloudstack-agent":
             checks.append(await cloudstack_agent(host or HostRoot()))
+        elif name == "time-synchronised" and spec.time is not None:
+            checks.append(await time_synchronised())
     return checks

@@ -26,7 +26,7 @@ from bootstrap.agent.topics import DEFAULT_PREFIX, check_host, check_prefix, che
 from bootstrap.errors import ConfigError, SignatureError
 from bootstrap.model.signing import load_public_key
 
-KNOWN_CHECKS = ("libvirt-listening",)
+KNOWN_CHECKS = ("libvirt-listening", "time-synchronised")  # the second: when the spec has time
 
 
 class Broker(BaseModel):
@@ -115,7 +115,7 @@ class AgentConfig(_Table):
     debounce: float = Field(default=0.5, ge=0)
     keepalive: int = Field(default=30, ge=5, le=65535)
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
-    checks: tuple[Literal["libvirt-listening"], ...] | None = None
+    checks: tuple[Literal["libvirt-listening", "time-synchronised"], ...] | None = None
 
     @field_validator("host")
     @classmethod

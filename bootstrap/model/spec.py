@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from bootstrap.model.hoststeps import Packages, Time
+
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""
 
@@ -493,12 +495,50 @@ class Firewall(Strict):
 
 
 class Libvirt(Strict):
+    """How libvirtd listens for CloudStack (live migration, the management server).
+
+    ``mode: tls`` is what the current guide and ``cloudstack-setup-agent -s`` leave
+    (``listen_tls=1``, ``listen_tcp=0`` on ``tls_port``); ``mode: tcp`` is the seed's plain
+    TCP on ``tcp_port``. The older booleans stay valid: ``mode`` fills them in, and a
+    document that contradicts its own ``mode`` is rejected naming the boolean.
+    """
+
+    mode: Literal["tcp", "tls"] | None = None
     listen_tcp: StrictBool = True
     listen_tls: StrictBool = False
     tcp_port: Port = 16509
+    tls_port: Port = 16514
     auth_tcp: Literal["none", "sasl"] = "none"
     mdns_adv: StrictBool = False
     vnc_listen: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address("0.0.0.0")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_sets_flags(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("mode") not in ("tcp", "tls"):
+            return data
+        wanted = {"listen_tcp": data["mode"] == "tcp", "listen_tls": data["mode"] == "tls"}
+        for flag, value in wanted.items():
+            if flag in data and data[flag] is not value:
+                raise FieldError(
+                    (flag,),
+                    f"mode {data['mode']!r} means {flag}: {str(value).lower()}; "
+                    "remove the boolean or make it agree",
+                )
+        return {**data, **wanted}
+
+    @model_validator(mode="after")
+    def _mode_from_flags(self) -> Libvirt:
+        if self.mode is None and self.listen_tcp != self.listen_tls:
+            object.__setattr__(self, "mode", "tcp" if self.listen_tcp else "tls")
+        return self
+
+    @property
+    def port(self) -> int | None:
+        """The port CloudStack reaches libvirtd on in this mode (None: not listening)."""
+        if self.mode == "tls":
+            return self.tls_port
+        return self.tcp_port if self.listen_tcp else None
 
 
 def _property_key(key: str) -> str:
@@ -527,6 +567,9 @@ class Direct(Strict):
 class AgentSettings(Strict):
     properties: dict[PropertyKey, PropertyValue] = Field(default_factory=dict)
     direct: Direct | None = None
+    # CloudStack has added the host: what its setup manages is no longer ours (also
+    # detected from agent.properties, see bootstrap/resources/handoff.py)
+    handed_off: StrictBool = False
 
 
 class Security(Strict):
@@ -544,6 +587,8 @@ class Spec(Strict):
     libvirt: Libvirt = Libvirt()
     agent: AgentSettings = AgentSettings()
     security: Security = Security()
+    packages: Packages | None = None
+    time: Time | None = None
 
     @model_validator(mode="after")
     def _direct_needs_lxc(self) -> Spec:

@@ -1,7 +1,8 @@
 """One module per managed thing; ``resources_for`` lists them in apply order for a spec.
 
-Order: network first (links, then the management address), then the firewall, then files
-(security, libvirt, agent.properties). The transaction reverts in the reverse order.
+Order: packages first (CloudStack's repository, then the packages; never reverted), then the
+network (links, then the management address), the firewall, files (security, libvirt, time,
+agent.properties) and the units the packages ship. The transaction reverts in reverse order.
 """
 
 from __future__ import annotations
@@ -13,9 +14,15 @@ from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec
 
 
-def resources_for(spec: Spec, host: HostRoot) -> list[Resource[Any]]:
-    """Every resource the spec manages; absent spec sections manage nothing."""
-    out: list[Resource[Any]] = []
+def resources_for(spec: Spec, host: HostRoot, *, installs: bool = True) -> list[Resource[Any]]:
+    """Every resource the spec manages; absent spec sections manage nothing.
+
+    The packages (and their repository) come first; ``installs=False`` leaves them out, for
+    planning the rest once they are installed (see ``converge``).
+    """
+    from bootstrap.resources.packages import enable_resources, install_resources
+
+    out: list[Resource[Any]] = install_resources(spec, host) if installs else []
     if spec.network is not None:
         if spec.network.backend == "openvswitch":
             from bootstrap.resources.openvswitch import openvswitch_resources
@@ -32,4 +39,5 @@ def resources_for(spec: Spec, host: HostRoot) -> list[Resource[Any]]:
     from bootstrap.resources.files import file_resources
 
     out += file_resources(spec, host)
+    out += enable_resources(spec, host)
     return out

@@ -198,3 +198,7 @@ class ConfFile(FileResource):
         if new is None:
             return "remove"
         return describe(decode(old or b""), decode(new), self.rules)
+
+    def owned(self) -> str:
+        """The keys we own in this file, for ``csboot plan``'s hand-off listing."""
+        return ", ".join(self.rules)

@@ -11,6 +11,13 @@ be told to listen, which differs per distribution and libvirt version:
   ``libvirtd-tcp.socket`` unit): ``--listen`` makes libvirtd refuse to start (the bug
   cloudstack-setup-agent has), so the flag is removed and ``libvirtd-tcp.socket`` is
   enabled instead, with a drop-in for a port other than 16509.
+
+``mode: tls`` instead leaves libvirt as ``cloudstack-setup-agent -s`` does (its
+``configureLibvirtConfig`` and ``libvirtConfigRedhat/Ubuntu``): ``listen_tls=1``,
+``listen_tcp=0``, ``tls_port``, the five libvirtd socket units masked and ``--listen`` in
+the daemon's arguments, so libvirtd runs as a plain service. ``remote_mode = "legacy"`` in
+/etc/libvirt/libvirt.conf makes remote URIs reach that libvirtd rather than virtproxyd;
+where the modular daemons are the distribution's default they are masked for it.
 """
 
 from __future__ import annotations
@@ -37,12 +44,12 @@ from bootstrap.resources.conffile import (
     values,
 )
 from bootstrap.resources.filestate import LinkState, Symlink, WholeFile
+from bootstrap.resources.units import UNIT_DIRS, systemctl, unit_file
 
 log = logging.getLogger(__name__)
 
 LIBVIRTD = frozenset({"libvirtd"})
 DEFAULT_TCP_PORT = 16509
-UNIT_DIRS = ("/usr/lib/systemd/system", "/lib/systemd/system")
 TCP_SOCKET = "libvirtd-tcp.socket"
 SOCKET_WANTS = f"/etc/systemd/system/sockets.target.wants/{TCP_SOCKET}"
 SOCKET_DROP_IN = f"/etc/systemd/system/{TCP_SOCKET}.d/cloudstack-bootstrap.conf"
@@ -54,21 +61,48 @@ ARGS_FILES = (
     ("/etc/default/libvirt-bin", "libvirtd_opts", "-l", ("-d",)),
 )
 LISTEN_FLAGS = frozenset({"--listen", "-l"})
+LIBVIRT_CONF = "/etc/libvirt/libvirt.conf"
+#: what cloudstack-setup-agent masks when /lib/systemd/system/libvirtd.socket exists
+LIBVIRTD_SOCKETS = (
+    "libvirtd.socket",
+    "libvirtd-ro.socket",
+    "libvirtd-admin.socket",
+    "libvirtd-tls.socket",
+    "libvirtd-tcp.socket",
+)
+MODULAR_SOCKETS = tuple(
+    f"virt{driver}d{kind}.socket"
+    for driver in ("qemu", "interface", "network", "nodedev", "nwfilter", "secret", "storage")
+    for kind in ("", "-ro", "-admin")
+) + tuple(f"virtproxyd{kind}.socket" for kind in ("", "-ro", "-admin", "-tls", "-tcp"))
 
 
 def _bool(value: bool) -> str:
     return "1" if value else "0"
 
 
-def libvirtd_conf_rules(settings: Libvirt) -> dict[str, Rule]:
-    """The seed's libvirtd.conf lines, quoted as the seed quotes them."""
-    return {
+#: libvirtd.conf keys cloudstack-setup-agent writes (serviceConfig.configureLibvirtConfig):
+#: after the hand-off they are CloudStack's
+SETUP_LIBVIRTD_KEYS = frozenset(
+    {"listen_tls", "listen_tcp", "tcp_port", "tls_port", "auth_tcp", "auth_tls"}
+)
+
+
+def libvirtd_conf_rules(settings: Libvirt, *, handed_off: bool = False) -> dict[str, Rule]:
+    """The seed's libvirtd.conf lines, quoted as the seed quotes them (TLS mode: as
+    ``cloudstack-setup-agent -s`` writes them); after the hand-off only what setup leaves."""
+    rules: dict[str, Rule] = {
         "listen_tls": _bool(settings.listen_tls),
         "listen_tcp": _bool(settings.listen_tcp),
         "tcp_port": f'"{settings.tcp_port}"',
         "auth_tcp": f'"{settings.auth_tcp}"',
         "mdns_adv": _bool(settings.mdns_adv),
     }
+    if settings.mode == "tls":
+        rules["tls_port"] = f'"{settings.tls_port}"'
+    if handed_off:
+        rules = {k: v for k, v in rules.items() if k not in SETUP_LIBVIRTD_KEYS}
+    return rules
 
 
 def tcp_socket_unit(host: HostRoot) -> str | None:
@@ -122,26 +156,49 @@ class ArgsFile(ConfFile):
         return describe(decode(old or b""), decode(new or b""))
 
 
-def libvirt_resources(settings: Libvirt, host: HostRoot) -> list[Resource[Any]]:
-    """libvirtd.conf, qemu.conf, the daemon's listen switch, and socket units if any."""
+def libvirt_resources(
+    settings: Libvirt, host: HostRoot, *, handed_off: bool = False
+) -> list[Resource[Any]]:
+    """libvirtd.conf, qemu.conf, libvirt.conf, the daemon's listen switch, socket units.
+
+    TLS mode leaves the host as ``cloudstack-setup-agent -s`` does: the libvirtd sockets
+    masked and the listen flag in the daemon's arguments. After the hand-off CloudStack's
+    setup owns the listen keys, the arguments files and the sockets: we leave them alone.
+    """
     out: list[Resource[Any]] = [
         ConfFile(
             host,
             "/etc/libvirt/libvirtd.conf",
-            libvirtd_conf_rules(settings),
+            libvirtd_conf_rules(settings, handed_off=handed_off),
             dialect=LIBVIRT,
             create=True,
             restarts=LIBVIRTD,
         ),
         ConfFile(
             host,
-            "/etc/libvirt/qemu.conf",
-            {"vnc_listen": f'"{settings.vnc_listen}"'},
+            LIBVIRT_CONF,
+            {"remote_mode": '"legacy"'},
             dialect=LIBVIRT,
             create=True,
             restarts=LIBVIRTD,
         ),
     ]
+    if not handed_off:
+        out.append(
+            ConfFile(
+                host,
+                "/etc/libvirt/qemu.conf",
+                {"vnc_listen": f'"{settings.vnc_listen}"'},
+                dialect=LIBVIRT,
+                create=True,
+                restarts=LIBVIRTD,
+            )
+        )
+    out += modular_resources(host)
+    if handed_off:
+        return out
+    if settings.mode == "tls":
+        return out + _tls_listen(host)
     sockets = socket_activated(host)
     listen = (settings.listen_tcp or settings.listen_tls) and not sockets
     out += [
@@ -156,6 +213,69 @@ def libvirt_resources(settings: Libvirt, host: HostRoot) -> list[Resource[Any]]:
         drop_in = f"[Socket]\nListenStream=\nListenStream={settings.tcp_port}\n".encode()
     out.append(WholeFile(host, SOCKET_DROP_IN, drop_in, restarts=LIBVIRTD))
     return out
+
+
+def _tls_listen(host: HostRoot) -> list[Resource[Any]]:
+    """As ``cloudstack-setup-agent -s`` leaves it: every libvirtd socket unit masked (where
+    the distribution ships ``libvirtd.socket``), ``--listen`` for the daemon itself."""
+    out: list[Resource[Any]] = [
+        ArgsFile(host, path, variable, flag, default, listen=True)
+        for path, variable, flag, default in ARGS_FILES
+    ]
+    if socket_activated(host):
+        out += [UnitMask(host, unit) for unit in LIBVIRTD_SOCKETS]
+        out.append(SocketEnable(host, SOCKET_WANTS, None))
+    out.append(WholeFile(host, SOCKET_DROP_IN, None, restarts=LIBVIRTD))
+    return out
+
+
+def modular_default(host: HostRoot) -> bool:
+    """The distribution runs libvirt's modular daemons (EL 9, Ubuntu 24.04): virtqemud's
+    socket is enabled and libvirtd's is not."""
+    wants = "/etc/systemd/system/sockets.target.wants"
+    return (
+        host.path(f"{wants}/virtqemud.socket").is_symlink()
+        and not host.path(f"{wants}/libvirtd.socket").is_symlink()
+    )
+
+
+def modular_resources(host: HostRoot) -> list[Resource[Any]]:
+    """CloudStack's agent and migrations talk to the monolithic libvirtd: where the modular
+    daemons are the default, mask their sockets (libvirt's documented switch to
+    libvirtd) and enable libvirtd.service."""
+    if not modular_default(host):
+        return []
+    out: list[Resource[Any]] = [
+        UnitMask(host, unit) for unit in MODULAR_SOCKETS if unit_file(host, unit)
+    ]
+    service = unit_file(host, "libvirtd.service")
+    if service is not None:
+        out.append(
+            Symlink(
+                host,
+                "/etc/systemd/system/multi-user.target.wants/libvirtd.service",
+                service,
+                restarts=LIBVIRTD,
+            )
+        )
+    return out
+
+
+class UnitMask(Symlink):
+    """``systemctl mask UNIT``: a link to /dev/null in /etc/systemd/system."""
+
+    def __init__(self, host: HostRoot, unit: str) -> None:
+        super().__init__(host, f"/etc/systemd/system/{unit}", "/dev/null", restarts=LIBVIRTD)
+        self.unit = unit
+
+    async def after_apply(self, target: LinkState) -> None:
+        """On a running systemd: reload, and stop a socket we just masked (a masked but
+        listening socket would still hand libvirtd its file descriptors)."""
+        if not (self.host.is_real and systemd_running()):
+            return
+        await systemctl("daemon-reload")
+        if target.points_to == "/dev/null":
+            await systemctl("stop", self.unit)
 
 
 def systemd_running() -> bool:

@@ -269,17 +269,22 @@ class AgentProperties(FileResource):
 
     restarts = frozenset({"cloudstack-agent"})
 
-    def __init__(self, spec: Spec, host: HostRoot) -> None:
+    def __init__(
+        self, spec: Spec, host: HostRoot, *, released: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(host, AGENT_PROPERTIES)
-        values, self.remove = derived(spec)
-        owned = set(values) | self.remove
+        values, remove = derived(spec)
+        owned = set(values) | remove
         for key in spec.agent.properties:
             if key in owned:
                 raise InvalidDocument(
                     "is derived from the spec; set it through the spec, not agent.properties",
                     field=f"spec.agent.properties.{key}",
                 )
-        self.values = {**values, **spec.agent.properties}
+        # after the hand-off CloudStack's setup owns ``released``: neither set nor removed
+        wanted = {**values, **spec.agent.properties}
+        self.values = {k: v for k, v in wanted.items() if k not in released}
+        self.remove = remove - released
 
     def edit(self, data: bytes | None) -> bytes:
         text = (data or b"").decode("latin-1")
@@ -287,3 +292,7 @@ class AgentProperties(FileResource):
 
     def describe(self, old: bytes | None, new: bytes | None) -> str:
         return describe((old or b"").decode("latin-1"), (new or b"").decode("latin-1"))
+
+    def owned(self) -> str:
+        """The keys we own, for ``csboot plan``'s hand-off listing."""
+        return ", ".join([*self.values, *sorted(self.remove)])

@@ -29,7 +29,7 @@ def test_contract_example_and_defaults(tmp_path: Path) -> None:
     assert config.brokers == (Broker(host="127.0.0.1", port=1883, tls=False),)
     assert config.roles == ("kvm",) and config.root == Path("/")
     assert config.rollback_window == 30 and config.trusted() == {}
-    assert config.enabled_checks == ("libvirt-listening",)  # the real root: libvirtd exists
+    assert config.enabled_checks == ("libvirt-listening", "time-synchronised")  # the real root
     assert config.auth is not None and config.auth.password() is None
     default = parse_config({"broker": "mqtts://broker.lab", "root": str(tmp_path)})
     assert default.brokers[0] == Broker(host="broker.lab", port=8883, tls=True)
