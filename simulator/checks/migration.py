@@ -36,13 +36,22 @@ class Qmp:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def connect(cls, path: Path, timeout: float = 10.0) -> Qmp:
+    async def connect(
+        cls, path: Path, proc: subprocess.Popen[bytes], timeout: float = 180.0
+    ) -> Qmp:
+        """QEMU's QMP socket once it listens. A TCG QEMU inside the emulated VM on a busy
+        machine takes long to start: the deadline only ends a hung one; an exited QEMU is
+        reported at once, with its log."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(path))
                 break
-            except OSError:
+            except OSError as exc:
+                if proc.poll() is not None:
+                    log = path.with_suffix(".log")
+                    tail = log.read_text(errors="replace")[-300:] if log.exists() else ""
+                    raise RuntimeError(f"QEMU exited {proc.returncode}: {tail.strip()}") from exc
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05)
@@ -108,8 +117,8 @@ async def migrate(src: SimHost, dst: SimHost, port: int, *, timeout: float) -> t
     sproc, ssock = _qemu(src, f"src{port}")
     qs = qd = None
     try:
-        qd = await Qmp.connect(dsock)
-        qs = await Qmp.connect(ssock)
+        qd = await Qmp.connect(dsock, dproc)
+        qs = await Qmp.connect(ssock, sproc)
         await qs.command("migrate", uri=f"tcp:{address}:{port}")
         deadline = time.monotonic() + timeout
         status = "?"
