@@ -2,7 +2,9 @@
 
 Why our own loop: we need to re-create the client for every attempt (the will carries the
 versions in force), try several brokers in turn, fall back from MQTT 5 to 3.1.1 when a
-broker refuses the protocol, and resubscribe after every reconnect. The session is
+broker refuses the protocol *or closes the connection on an MQTT 5 CONNECT* (RabbitMQ
+3.10's MQTT plugin speaks only 3.1.1 and does the latter), and resubscribe after every
+reconnect. ``[mqtt] protocol`` pins "5" or "3.1.1" instead of "auto". The session is
 persistent (fixed client id = host, clean start off), so QoS 1 messages published while
 we were away are delivered; retained documents come again on every subscribe and the
 daemon ignores what it has already seen.
@@ -34,6 +36,8 @@ ConnectHandler = Callable[[], Awaitable[None]]
 WillFactory = Callable[[], bytes]
 
 UNSUPPORTED_PROTOCOL = (1, 132)  # MQTT 3.1.1 CONNACK rc / MQTT 5 reason code
+NOT_AUTHORIZED = (4, 5, 134, 135)  # bad credentials / not authorised: no fallback helps
+PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +55,30 @@ class Backoff:
 def tls_context(config: AgentConfig) -> ssl.SSLContext:
     tls = config.tls
     try:
-        ctx = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
-        if tls.cert is not None and tls.key is not None:
+        ctx = ssl.create_default_context(cafile=str(tls.ca) if tls and tls.ca else None)
+        if tls is not None and tls.cert is not None and tls.key is not None:
             ctx.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"tls: cannot load certificates: {exc}") from exc
     return ctx
 
 
-def is_protocol_refusal(exc: BaseException) -> bool:
+def _rc(exc: BaseException) -> int | None:
     if not isinstance(exc, aiomqtt.MqttCodeError):
-        return False
+        return None
     rc = exc.rc
-    return getattr(rc, "value", rc) in UNSUPPORTED_PROTOCOL
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
+
+
+def is_protocol_refusal(exc: BaseException) -> bool:
+    return _rc(exc) in UNSUPPORTED_PROTOCOL
+
+
+def may_fall_back(exc: BaseException) -> bool:
+    """An MQTT 5 CONNECT that failed for a reason MQTT 3.1.1 might not: an explicit
+    protocol refusal, or the connection closed / timed out without a CONNACK."""
+    return _rc(exc) not in NOT_AUTHORIZED
 
 
 class Session:
@@ -85,6 +100,8 @@ class Session:
         self._on_connect = on_connect
         self._tls = tls_context(config) if any(b.tls for b in config.brokers) else None
         self._backoff = Backoff(config.reconnect.initial, config.reconnect.max)
+        pinned = PROTOCOLS.get(config.mqtt.protocol)
+        self._pinned = pinned
         self._protocol: dict[Broker, aiomqtt.ProtocolVersion] = {}
         self._client: aiomqtt.Client | None = None
         self.broker: Broker | None = None
@@ -117,19 +134,28 @@ class Session:
             timeout=10,
         )
 
+    def protocol_of(self, broker: Broker) -> aiomqtt.ProtocolVersion:
+        return self._pinned or self._protocol.get(broker, aiomqtt.ProtocolVersion.V5)
+
     async def _connect(self, stack: contextlib.AsyncExitStack, broker: Broker) -> aiomqtt.Client:
-        """MQTT 5 first; 3.1.1 when the broker refuses the protocol version (remembered)."""
-        protocol = self._protocol.get(broker, aiomqtt.ProtocolVersion.V5)
+        """The pinned protocol; with "auto", MQTT 5 first and 3.1.1 when the broker refuses
+        MQTT 5 or drops the connection on its CONNECT (remembered per broker)."""
+        protocol = self.protocol_of(broker)
         try:
             return await stack.enter_async_context(self._client_for(broker, protocol))
         except aiomqtt.MqttError as exc:
-            if protocol != aiomqtt.ProtocolVersion.V5 or not is_protocol_refusal(exc):
+            if self._pinned or protocol != aiomqtt.ProtocolVersion.V5 or not may_fall_back(exc):
                 raise
-        log.info("%s refuses MQTT 5; using MQTT 3.1.1", broker.url)
+            first = exc
+        try:
+            client = await stack.enter_async_context(
+                self._client_for(broker, aiomqtt.ProtocolVersion.V311)
+            )
+        except aiomqtt.MqttError:
+            raise first from None  # 3.1.1 did not help either: the broker is down or refuses us
+        log.warning("%s does not take MQTT 5 (%s); using MQTT 3.1.1", broker.url, first)
         self._protocol[broker] = aiomqtt.ProtocolVersion.V311
-        return await stack.enter_async_context(
-            self._client_for(broker, aiomqtt.ProtocolVersion.V311)
-        )
+        return client
 
     async def _serve(self, broker: Broker) -> None:
         """One connection: subscribe, report, deliver messages; returns on :meth:`renew`."""
@@ -166,8 +192,11 @@ class Session:
     async def _deliver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
-            data = payload if isinstance(payload, bytes) else str(payload or "").encode()
-            await self._on_message(message.topic.value, data)
+            data = payload if isinstance(payload, bytes | bytearray) else b""
+            try:
+                await self._on_message(message.topic.value, bytes(data))
+            except Exception:  # the handler is total; never let a message end the session
+                log.exception("message handler failed on %s", message.topic.value)
 
     def renew(self) -> None:
         """Reconnect gracefully (no will fired) so the will carries the versions now in force."""
@@ -186,6 +215,8 @@ class Session:
                 continue  # renewed on purpose: straight back to the same broker
             except (aiomqtt.MqttError, ConfigError) as exc:
                 log.warning("broker %s: %s", broker.url, exc or type(exc).__name__)
+            except Exception:  # whatever the broker or the library does: keep reconnecting
+                log.exception("broker %s: unexpected error", broker.url)
             if self.connects != connects:
                 attempt = 0  # we were connected: start the backoff afresh, same broker first
             else:

@@ -13,7 +13,9 @@ from bootstrap.engine.transaction import Check
 from bootstrap.errors import BootstrapError, StaleDocument
 from bootstrap.model.document import API_VERSION
 
-State = Literal["starting", "applying", "converged", "failed", "rolled_back", "rejected", "offline"]
+State = Literal[
+    "starting", "applying", "converged", "failed", "rolled_back", "rejected", "stale", "offline"
+]
 
 
 def now() -> str:
@@ -39,6 +41,7 @@ def status_document(
     error: BootstrapError | Mapping[str, Any] | None = None,
     drift: Sequence[Change] | None = None,
     at: str | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     err = error_json(error) if isinstance(error, BootstrapError) else error
     doc: dict[str, Any] = {
@@ -54,6 +57,8 @@ def status_document(
     }
     if drift is not None:
         doc["drift"] = [c.to_json() for c in drift]
+    if warnings:
+        doc["warnings"] = list(warnings)
     return doc
 
 

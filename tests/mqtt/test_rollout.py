@@ -181,7 +181,7 @@ def start_fleet(tmp: Path, hosts: list[str], port: int, **config: Any) -> Iterat
                 agents.append(
                     AgentProcess(write_config(path, [broker.url], roots[host], **settings))
                 )
-            first = sign(parse_document(role_doc(1, **spec(port))), KEY_ID, key)
+            first = sign(parse_document(role_doc(1, **spec(port))), KEY_ID, key, prefix=PREFIX)
             client.publish(ROLE_TOPIC, first.to_json())
             fleet = Fleet(broker, client, roots, agents, tmp, hosts)
             fleet.wait_all(1)
