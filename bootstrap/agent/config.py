@@ -121,6 +121,7 @@ class AgentConfig(_Table):
     allow_plaintext_auth: bool = False
     mqtt: Mqtt = Mqtt()
     max_payload: int = Field(default=MAX_BYTES, ge=1024, le=64 * 1024 * 1024)
+    reject_interval: float = Field(default=1.0, ge=0.05, le=3600)
     drift: Drift = Drift()
     reconnect: Reconnect = Reconnect()
     debounce: float = Field(default=0.5, ge=0)
@@ -266,6 +267,7 @@ def dump_config(config: AgentConfig) -> str:
         f"keepalive = {_toml_value(config.keepalive)}",
         f"session_expiry = {_toml_value(config.session_expiry)}",
         f"max_payload = {_toml_value(config.max_payload)}",
+        f"reject_interval = {_toml_value(config.reject_interval)}",
     ]
     if config.allow_plaintext_auth:
         lines.append("allow_plaintext_auth = true")

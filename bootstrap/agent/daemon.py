@@ -11,7 +11,7 @@ Rules that keep it alive whatever arrives:
   sorts a payload into a pending document or a rejection and wakes the converge loop;
 - only *accepted* documents start or extend the debounce; rejections (invalid, replayed,
   stale) are reported from the converge loop between applies, at most one status per
-  :data:`REJECT_INTERVAL` (the rest are counted in the event), so a replay storm can
+  ``reject_interval`` (the rest are counted in the event), so a replay storm can
   neither hold a valid document nor flood the broker;
 - every loop survives every exception but its own cancellation; a converge that raises
   ends as ``failed`` (the transaction has reverted whatever it changed).
@@ -48,7 +48,6 @@ from bootstrap.model.spec import Spec
 
 log = logging.getLogger(__name__)
 
-REJECT_INTERVAL = 1.0  # seconds between two rejection statuses
 SETTLE_MAX = 10.0  # a burst of accepted documents holds the apply at most this long
 
 
@@ -178,7 +177,7 @@ class Agent:
 
     async def _report_rejections(self, *, now_: bool = False) -> None:
         """One status for what was rejected since the last one, at most every
-        :data:`REJECT_INTERVAL`; an invalid document outranks a replay."""
+        ``reject_interval``; an invalid document outranks a replay."""
         if not self._rejected:
             return
         loop = asyncio.get_running_loop()
@@ -192,7 +191,7 @@ class Agent:
         self._suppressed = 0
         invalid = [r for r in batch if not r.replay]
         shown = (invalid or batch)[-1]
-        self._next_reject_report = loop.time() + REJECT_INTERVAL
+        self._next_reject_report = loop.time() + self.config.reject_interval
         self._event(
             "rejected",
             {
@@ -309,6 +308,8 @@ class Agent:
         if not self._fresh:
             return None
         await self._settle()
+        # what was refused before this apply is reported before it, never after its outcome
+        await self._report_rejections(now_=True)
         return await self._apply_pending()
 
     async def _converge_loop(self) -> None:
