@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,16 +17,40 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from simulator.broker import Mosquitto
-from tests.mqtt.conftest import (  # noqa: F401  (fixtures)
-    HOST,
-    PREFIX,
-    AgentProcess,
-    Client,
-    agents,
-    broker,
-    client,
-    root,
-)
+from tests.mqtt.conftest import HOST, PREFIX, AgentProcess, Client
+
+
+# the MQTT tests' fixtures (tests/mqtt/conftest.py), for these tests too
+@pytest.fixture(name="broker")
+def broker_fixture(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "broker") as mosq:
+        yield mosq
+
+
+@pytest.fixture(name="client")
+def client_fixture(broker: Mosquitto) -> Client:
+    return Client(broker)
+
+
+@pytest.fixture(name="root")
+def root_fixture(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(name="agents")
+def agents_fixture() -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(config: Path, *extra: str, env: dict[str, str] | None = None) -> AgentProcess:
+        agent = AgentProcess(config, *extra, env=env)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill(signal.SIGTERM)
 
 
 class Publisher:
@@ -78,10 +103,9 @@ def recording(broker: Mosquitto, topic: str, out: Path) -> Iterator[Callable[[],
         deadline = time.monotonic() + 10
         while not lines():
             assert time.monotonic() < deadline, "recorder never subscribed"
+            marker = ["-t", topic, "-m", '{"marker": true}']
             subprocess.run(
-                ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-t", topic]
-                + ["-m", '{"marker": true}'],
-                check=True,
+                ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), *marker], check=True
             )
             time.sleep(0.05)
         yield read

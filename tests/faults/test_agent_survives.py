@@ -43,7 +43,7 @@ def topic_of(key: str) -> str:
     return f"{PREFIX}/{key}/desired"
 
 
-def test_every_reproduction_is_rejected_with_its_field_and_the_agent_lives(
+def test_every_reproduction_is_rejected_with_its_field_and_the_agent_lives(  # noqa: PLR0917
     tmp_path: Path,
     broker: Mosquitto,
     client: Client,
@@ -63,7 +63,7 @@ def test_every_reproduction_is_rejected_with_its_field_and_the_agent_lives(
     with recording(broker, EVENTS, tmp_path / "events.jsonl") as events:
         for name, (key, payload, field) in reproductions(HOST).items():
             publisher.batch([(topic_of(key), payload)], retain=True)  # retained, as in the issue
-            status = client.wait_status(lambda s: s["at"] != last, timeout=20)
+            status = client.wait_status(lambda s, seen=last: s["at"] != seen, timeout=20)
             last = status["at"]
             assert status["state"] == "rejected", (name, status)
             assert status["error"]["field"] == field, (name, status["error"])
@@ -91,7 +91,7 @@ def test_every_reproduction_is_rejected_with_its_field_and_the_agent_lives(
         assert again.kill(signal.SIGTERM) == 0
 
 
-def test_ten_thousand_generated_payloads_on_one_live_agent(
+def test_ten_thousand_generated_payloads_on_one_live_agent(  # noqa: PLR0917
     tmp_path: Path,
     broker: Mosquitto,
     client: Client,
@@ -141,7 +141,7 @@ def test_ten_thousand_generated_payloads_on_one_live_agent(
         for at in range(0, len(items), BATCH):
             publisher.batch(items[at : at + BATCH])
             want = sum(isinstance(v, Rejection) for v in verdicts[: at + BATCH])
-            until(lambda: reported() >= want, 60, f"the rejections of batch {at // BATCH}")
+            until(lambda n=want: reported() >= n, 60, f"the rejections of batch {at // BATCH}")
         handled = time.monotonic() - started
         publisher.batch(
             [(ROLE, json.dumps(final_role).encode()), (HOST_TOPIC, json.dumps(final_host).encode())]
