@@ -240,7 +240,10 @@ async def apply_plan(
     if not pending:
         return Outcome("converged")
 
-    baseline = await _counted(probes)
+    # Only a change that can cut a path (links, addresses, firewall) is judged by probes:
+    # a broker that goes away during a file-only change is no reason to revert it.
+    network = any(s.resource.network for s in pending)
+    baseline = await _counted(probes) if network else []
     on_event(
         "probes",
         {
