@@ -17,7 +17,26 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from simulator.broker import Mosquitto
+from simulator.namespaces import Namespace
+from simulator.ovs import OvsDaemons
 from tests.mqtt.conftest import HOST, PREFIX, AgentProcess, Client
+
+
+@pytest.fixture(name="ovs_daemons")
+def ovs_daemons_fixture(
+    run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[Namespace], OvsDaemons]]:
+    """As in tests/netns/conftest.py: per-namespace OVS daemons, stopped after the test."""
+    started: list[OvsDaemons] = []
+
+    def start(ns: Namespace) -> OvsDaemons:
+        daemons = OvsDaemons(tmp_path_factory.mktemp(ns.name.removeprefix(f"{run_id}-")), ns)
+        started.append(daemons.start())
+        return daemons
+
+    yield start
+    for daemons in reversed(started):
+        daemons.stop()
 
 
 # the MQTT tests' fixtures (tests/mqtt/conftest.py), for these tests too
