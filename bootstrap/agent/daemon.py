@@ -2,8 +2,9 @@
 
 Start-up runs before any broker is needed: finish an interrupted apply (``recover_host``)
 and re-apply the last known good documents. Then the agent, an async context manager,
-runs its named tasks in one :class:`asyncio.TaskGroup`: the MQTT session, the event
-publisher, the converge loop and the drift loop.
+runs its named tasks in one :class:`asyncio.TaskGroup`: the MQTT session (itself an async
+context manager over the same group), the event publisher, the converge loop and the
+drift loop.
 
 Rules that keep it alive whatever arrives:
 
@@ -83,6 +84,7 @@ class Agent:
         self._rejected: collections.deque[Rejection] = collections.deque(maxlen=64)
         self._suppressed = 0
         self._next_reject_report = 0.0
+        self._reject_timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
         self._group: asyncio.TaskGroup | None = None
@@ -175,6 +177,10 @@ class Agent:
 
     # --- rejections, reported from the converge loop -------------------------------------
 
+    def _rejection_due(self) -> None:
+        self._reject_timer = None
+        self._attention.set()
+
     async def _report_rejections(self, *, now_: bool = False) -> None:
         """One status for what was rejected since the last one, at most every
         ``reject_interval``; an invalid document outranks a replay."""
@@ -183,7 +189,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         wait = self._next_reject_report - loop.time()
         if wait > 0 and not now_:
-            loop.call_later(wait, self._attention.set)
+            if self._reject_timer is None:  # one wake-up, however many refusals wait for it
+                self._reject_timer = loop.call_later(wait, self._rejection_due)
             return
         batch = list(self._rejected)
         self._rejected.clear()
@@ -438,7 +445,7 @@ class Agent:
     async def __aenter__(self) -> Agent:
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
-        self._spawn(self.session.run(), "mqtt-session")
+        await self.session.within(self._group).__aenter__()
         self._spawn(self._publish_events(), "events")
         if not self.once:
             self._spawn(self._converge_loop(), "converge")
@@ -459,6 +466,7 @@ class Agent:
         tb: TracebackType | None,
     ) -> None:
         await self._cancel(*list(self._tasks))
+        await self.session.__aexit__(exc_type, exc, tb)
         assert self._group is not None
         await self._group.__aexit__(exc_type, exc, tb)
 

@@ -98,7 +98,12 @@ class _Client(aiomqtt.Client):
 
 
 class Session:
-    """Keeps one connection alive across broker restarts and failovers."""
+    """Keeps one connection alive across broker restarts and failovers.
+
+    An async context manager over the caller's :class:`asyncio.TaskGroup` (the agent's):
+    ``async with session.within(group):`` runs the reconnect loop as the named task
+    ``mqtt-session`` in that group; leaving the block cancels it (a clean disconnect).
+    """
 
     def __init__(
         self,
@@ -125,6 +130,24 @@ class Session:
         self.connects = 0
         self._renew = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def within(self, group: asyncio.TaskGroup) -> Session:
+        self._group = group
+        return self
+
+    async def __aenter__(self) -> Session:
+        if self._group is None:
+            raise RuntimeError("Session.within(group) first: the session runs in its owner's group")
+        self._task = self._group.create_task(self.run(), name="mqtt-session")
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _client_for(self, broker: Broker, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
         auth = self.config.auth

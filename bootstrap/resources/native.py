@@ -233,6 +233,7 @@ async def converge_bridge(
 
 class UplinkResource(Resource[UplinkState | None]):
     """The operator's uplink: we set its MTU and bring it up, nothing else."""
+
     network = True  # can cut a network path
 
     state_type: ClassVar[Any] = UplinkState | None
@@ -273,6 +274,7 @@ class UplinkResource(Resource[UplinkState | None]):
 
 class _OwnedLink(Resource[_L | None]):
     """A link we create and own by name; ``desired`` None removes it if it is ours."""
+
     network = True  # can cut a network path
 
     kind: ClassVar[str]
@@ -338,6 +340,7 @@ class StaleLinks(Resource[tuple[LinkState, ...]]):
     Runs last, so a VLAN that moved to another bridge has left the old one first; its
     snapshot keeps the links it removes, so a revert recreates them.
     """
+
     network = True  # can cut a network path
 
     state_type: ClassVar[Any] = tuple[LinkState, ...]

@@ -226,6 +226,7 @@ def _errors(client: OvsdbClient, target: OvsState, settle: float = 2.0) -> list[
 
 class OpenVSwitch(Resource[OvsState]):
     """Our OVS bridges. ``want=None`` removes every bridge and port we created."""
+
     network = True  # can cut a network path
 
     state_type: ClassVar[Any] = OvsState
