@@ -70,11 +70,12 @@ class Watcher:
             self.states[status["state"]] += 1
 
     def converged(self, version: int) -> list[str]:
+        """Hosts whose last status is converged at ``version`` or later."""
         with self.lock:
             return [
                 h
                 for h, s in self.latest.items()
-                if s["state"] == "converged" and s["applied"]["roles"].get("kvm") == version
+                if s["state"] == "converged" and (s["applied"]["roles"].get("kvm") or 0) >= version
             ]
 
     def close(self) -> None:
@@ -141,7 +142,7 @@ def run(
         time.sleep(0.5)
     warm = {h: rss_kib(p.pid) for h, p in agents.items()}
     print(f"{n} agents converged on v1; RSS {sum(warm.values()) // 1024} MiB in all")
-    print(f"{'minute':>6} {'version':>7} {'converged':>9} {'RSS MiB (all)':>13} {'max':>5}")
+    print(f"{'minute':>6} {'version':>7} {'caught up':>9} {'RSS MiB (all)':>13} {'max':>5}")
     started = time.monotonic()
     end = started + minutes * 60
     next_row = started + 60
