@@ -10,9 +10,8 @@ BootstrapError
 │   └── InternalError              an unexpected exception inside a transaction, mapped here
 ├── ProbeError                     the management path was lost after a change
 ├── ConfigError (ValueError)       agent.toml / command-line settings are invalid
-├── RolloutError                   a rollout cannot go on (bad input, no broker)
-│   └── RolloutLocked              another controller holds the role's lock
-└── BrokerUnsupported              the broker refuses every MQTT protocol we may use
+└── RolloutError                   a rollout cannot go on (bad input, no broker)
+    └── RolloutLocked              another controller holds the role's lock
 
 Messages are clipped (:data:`MAX_MESSAGE`): an error echoes what it is about, and what it
 is about may be an attacker's 50 MB field; status documents, events and log lines carry
@@ -130,9 +129,3 @@ class RolloutLocked(RolloutError):
     """Another controller holds the role's rollout lock."""
 
     code = "locked"
-
-
-class BrokerUnsupported(BootstrapError):
-    """The broker closes or refuses the connection for every MQTT protocol we may use."""
-
-    code = "broker"

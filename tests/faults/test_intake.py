@@ -126,3 +126,18 @@ def test_signatures_are_bound_to_the_prefix() -> None:
     d = Desired(["kvm"], HOST, {"ops": key.public_key()}, prefix=PREFIX)
     result = d.offer("roles/kvm", json.dumps(staging.to_json()).encode())
     assert isinstance(result, Rejection) and result.field == "signature.ed25519"
+
+
+def test_one_error_tree_and_every_message_is_clipped() -> None:
+    import inspect
+
+    from bootstrap import errors
+
+    classes = [
+        c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__
+    ]
+    assert {c.__name__ for c in classes} >= {"TooLarge", "InternalError", "RolloutLocked"}
+    assert all(issubclass(c, errors.BootstrapError) for c in classes)
+    assert len({c.code for c in classes}) == len(classes)  # each says what it is
+    huge = errors.InvalidDocument("x" * 50_000_000, field="spec." + "y" * 10_000)
+    assert len(huge.message) < 1000 and len(json.dumps(huge.to_json())) < 1000
