@@ -101,6 +101,20 @@ def start_agents(tmp: Path, broker: Mosquitto, n: int) -> dict[str, subprocess.P
     return agents
 
 
+def stop(agents: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM all; on a small machine 100 Python processes need a while to wind down."""
+    for proc in agents.values():
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 180
+    for host, proc in agents.items():
+        try:
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"soak: {host} did not stop on SIGTERM; killed")
+            proc.kill()
+            proc.wait()
+
+
 def soak(n: int, minutes: float, every: float) -> int:
     with tempfile.TemporaryDirectory(prefix="csboot-soak-") as tmpdir:
         tmp = Path(tmpdir)
@@ -116,10 +130,7 @@ def soak(n: int, minutes: float, every: float) -> int:
                 pub.loop_stop()
                 pub.disconnect()
                 watcher.close()
-                for proc in agents.values():
-                    proc.send_signal(signal.SIGTERM)
-                for proc in agents.values():
-                    proc.wait(30)
+                stop(agents)
 
 
 def run(
@@ -134,10 +145,13 @@ def run(
     n = len(agents)
     version = 1
     pub.publish(ROLE, role(version), qos=1, retain=True).wait_for_publish(10)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # 100 Python processes start slowly on 2 cores
     while len(watcher.converged(version)) < n:
         if time.monotonic() > deadline:
-            print(f"soak: only {len(watcher.converged(version))}/{n} agents started")
+            late = sorted(set(agents) - set(watcher.converged(version)))
+            print(f"soak: only {n - len(late)}/{n} agents started; late: {late[:5]}")
+            for host in late[:2]:
+                print((tmp / f"{host}.log").read_text()[-2000:])
             return 1
         time.sleep(0.5)
     warm = {h: rss_kib(p.pid) for h, p in agents.items()}
