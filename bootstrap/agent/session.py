@@ -85,14 +85,33 @@ def may_fall_back(exc: BaseException) -> bool:
 class _Client(aiomqtt.Client):
     """aiomqtt's client, but a connection the broker closes before its CONNACK fails the
     connect at once (aiomqtt ignores that disconnect and waits for its timeout): RabbitMQ
-    3.10 answers an MQTT 5 CONNECT so, and ``auto`` should fall back now, not in 10 s."""
+    3.10 answers an MQTT 5 CONNECT so, and ``auto`` should fall back now, not in 10 s.
 
-    def _on_disconnect(self, client: Any, userdata: Any, *args: Any, **kwargs: Any) -> None:
-        connected: asyncio.Future[Any] = self._connected
-        if not connected.done():
+    paho may call back from the connect's executor thread: the future is failed on the
+    event loop (``call_soon_threadsafe``), and only while this client is connecting.
+    """
+
+    _connecting = False
+
+    async def __aenter__(self) -> _Client:
+        self._connecting = True
+        self._owner = asyncio.get_running_loop()
+        try:
+            await super().__aenter__()
+        finally:
+            self._connecting = False
+        return self
+
+    def _fail_connect(self, connected: asyncio.Future[Any]) -> None:
+        if self._connecting and not connected.done():
             connected.set_exception(
                 aiomqtt.MqttError("the broker closed the connection before its CONNACK")
             )
+
+    def _on_disconnect(self, client: Any, userdata: Any, *args: Any, **kwargs: Any) -> None:
+        connected: asyncio.Future[Any] = self._connected
+        if self._connecting and not connected.done():
+            self._owner.call_soon_threadsafe(self._fail_connect, connected)
             return
         super()._on_disconnect(client, userdata, *args, **kwargs)
 

@@ -27,7 +27,7 @@ def rollout_state(fleet: Fleet) -> dict[str, object] | None:
 def test_broker_down_30s_mid_rollout_every_host_converges_and_no_status_is_lost(
     tmp_path: Path,
 ) -> None:
-    with start_fleet(tmp_path, HOSTS, 16509) as fleet:
+    with start_fleet(tmp_path, HOSTS, 16509, ready=90) as fleet:  # 20 starts on a busy box
         version = fleet.version() + 1
         proc = fleet.rollout(role_doc(1, **spec(16900)), "--waves", "1,25%,100%")
         try:

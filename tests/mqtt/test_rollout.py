@@ -163,7 +163,9 @@ def port_of(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def start_fleet(tmp: Path, hosts: list[str], port: int, **config: Any) -> Iterator[Fleet]:
+def start_fleet(
+    tmp: Path, hosts: list[str], port: int, *, ready: float = 20.0, **config: Any
+) -> Iterator[Fleet]:
     """Agents that trust only documents signed with the test key (``--sign`` below), all
     converged on a first version with ``port``."""
     key = Ed25519PrivateKey.generate()
@@ -184,7 +186,7 @@ def start_fleet(tmp: Path, hosts: list[str], port: int, **config: Any) -> Iterat
             first = sign(parse_document(role_doc(1, **spec(port))), KEY_ID, key, prefix=PREFIX)
             client.publish(ROLE_TOPIC, first.to_json())
             fleet = Fleet(broker, client, roots, agents, tmp, hosts)
-            fleet.wait_all(1)
+            fleet.wait_all(1, timeout=ready)
             yield fleet
         finally:
             for agent in agents:
