@@ -198,7 +198,8 @@ def start_fleet(
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with start_fleet(tmp_path_factory.mktemp("fleet"), HOSTS, 16509) as fleet:
+    # 20 Python processes starting at once on a small, shared machine take a while
+    with start_fleet(tmp_path_factory.mktemp("fleet"), HOSTS, 16509, ready=60) as fleet:
         yield fleet
 
 
