@@ -215,7 +215,7 @@ class Agent:
             error["suppressed"] = suppressed
         async with self._lock:
             if shown.replay:
-                # nothing changed on the host: keep the last outcome's checks and drift
+                # nothing changed on the host: keep the last outcome's checks
                 await self._report(
                     "stale",
                     error=error,
