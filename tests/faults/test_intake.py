@@ -141,3 +141,17 @@ def test_one_error_tree_and_every_message_is_clipped() -> None:
     assert len({c.code for c in classes}) == len(classes)  # each says what it is
     huge = errors.InvalidDocument("x" * 50_000_000, field="spec." + "y" * 10_000)
     assert len(huge.message) < 1000 and len(json.dumps(huge.to_json())) < 1000
+
+
+def test_a_replay_status_is_not_a_rollout_failure() -> None:
+    """The rollout judges a host whose last word is ``stale`` by what it runs."""
+    from bootstrap.fleet.waves import judge
+
+    stale = {
+        "state": "stale",
+        "applied": {"roles": {"kvm": 7}, "host": None},
+        "checks": [],
+        "error": {"code": "stale", "field": "version", "message": "replay"},
+    }
+    assert judge(stale, role="kvm", version=7, fresh=True) == ("succeeded", "converged")
+    assert judge(stale, role="kvm", version=8, fresh=True)[0] is None  # still waiting for v8
