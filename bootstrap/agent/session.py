@@ -82,6 +82,11 @@ def may_fall_back(exc: BaseException) -> bool:
     return _rc(exc) not in NOT_AUTHORIZED
 
 
+class _ClosedOnConnect(aiomqtt.MqttError):
+    def __init__(self) -> None:
+        super().__init__("the broker closed the connection before its CONNACK")
+
+
 class _Client(aiomqtt.Client):
     """aiomqtt's client, but a connection the broker closes before its CONNACK fails the
     connect at once (aiomqtt ignores that disconnect and waits for its timeout): RabbitMQ
@@ -104,9 +109,7 @@ class _Client(aiomqtt.Client):
 
     def _fail_connect(self, connected: asyncio.Future[Any]) -> None:
         if self._connecting and not connected.done():
-            connected.set_exception(
-                aiomqtt.MqttError("the broker closed the connection before its CONNACK")
-            )
+            connected.set_exception(_ClosedOnConnect())
 
     def _on_disconnect(self, client: Any, userdata: Any, *args: Any, **kwargs: Any) -> None:
         connected: asyncio.Future[Any] = self._connected
@@ -211,8 +214,11 @@ class Session:
             )
         except aiomqtt.MqttError:
             raise first from None  # 3.1.1 did not help either: the broker is down or refuses us
-        log.warning("%s does not take MQTT 5 (%s); using MQTT 3.1.1", broker.url, first)
-        self._protocol[broker] = aiomqtt.ProtocolVersion.V311
+        if is_protocol_refusal(first) or isinstance(first, _ClosedOnConnect):
+            log.warning("%s does not take MQTT 5 (%s); using MQTT 3.1.1", broker.url, first)
+            self._protocol[broker] = aiomqtt.ProtocolVersion.V311
+        else:  # a timeout may be a busy broker: MQTT 5 is tried again next time
+            log.warning("%s: MQTT 5 failed (%s); connected with MQTT 3.1.1", broker.url, first)
         return client
 
     async def _serve(self, broker: Broker) -> None:
