@@ -289,7 +289,11 @@ class Agent:
                 self._fresh = True
                 self._attention.set()
             if outcome.ok and not self.once:
-                self.session.renew()  # the will now names the versions in force
+                # progress events still queued go out on this connection first (a publish
+                # cut by the reconnect would be sent again: a duplicate), then the will
+                # is renewed to name the versions now in force
+                await self._drain_events()
+                self.session.renew()
             return outcome.ok
 
     @staticmethod
