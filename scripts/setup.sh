@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   mosquitto mosquitto-clients          # the embedded broker and a client we did not write
+  rabbitmq-server                      # a broker we did not write: its MQTT plugin (tests/faults)
   openvswitch-switch openvswitch-common # ovsdb-server / ovs-vswitchd (userspace datapath here)
   nftables python3-nftables            # libnftables and its JSON API binding
   qemu-system-x86                      # live-migration guests and the full-kernel VM
@@ -29,6 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a system RabbitMQ (all interfaces) on install; the tests run their own
+  # node on 127.0.0.1, so a broker we just installed for them is stopped and disabled.
+  if [[ " ${missing[*]} " == *" rabbitmq-server "* ]] && command -v systemctl >/dev/null \
+    && [ -d /run/systemd/system ]; then
+    systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

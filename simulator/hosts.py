@@ -50,6 +50,7 @@ def agent_toml(
         f'prefix = "{PREFIX}"\n'
         f'root = "{root}"\n'
         "rollback_window = 60\n"  # a busy 2-core machine answers probes late
+        "allow_plaintext_auth = true\n"  # the broker is on the simulator's own wire
         "\n[auth]\n"
         f'username = "{host}"\n'
         f'password_file = "{password_file}"\n'

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Mapping
 
+from bootstrap.agent.desired import Failed
 from bootstrap.errors import InvalidDocument
 from bootstrap.files import atomic_write, read_bytes
 from bootstrap.host.root import HostRoot
@@ -21,6 +22,23 @@ log = logging.getLogger(__name__)
 class LastKnownGood:
     def __init__(self, host: HostRoot) -> None:
         self.path = host.state_dir / "agent" / "last-known-good.json"
+        self.failed_path = host.state_dir / "agent" / "failed.json"
+
+    def save_failed(self, failed: Mapping[str, Failed]) -> None:
+        """Versions that failed, so a restart does not try them again either."""
+        data = {key: {"version": f.version, "digest": f.digest} for key, f in failed.items()}
+        atomic_write(self.failed_path, json.dumps(data, indent=2).encode() + b"\n", mode=0o600)
+
+    def load_failed(self) -> dict[str, Failed]:
+        raw = read_bytes(self.failed_path)
+        if raw is None:
+            return {}
+        try:
+            data = json.loads(raw)
+            return {str(k): Failed(int(v["version"]), str(v["digest"])) for k, v in data.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring damaged failed-versions file %s: %s", self.failed_path, exc)
+            return {}
 
     def save(self, docs: Mapping[str, Document]) -> None:
         data = {"documents": {key: doc.to_json() for key, doc in sorted(docs.items())}}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bootstrap.agent.topics import DEFAULT_PREFIX, check_prefix
 from bootstrap.errors import BootstrapError, InvalidDocument
 from bootstrap.files import atomic_write
 from bootstrap.model.document import parse_document
@@ -87,9 +88,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     try:
+        prefix = check_prefix(args.prefix)
+    except ValueError as exc:
+        return _error(InvalidDocument(str(exc), field="--prefix"))
+    try:
         key = load_private_key(Path(args.key).read_bytes())
         raw = sys.stdin.buffer.read() if args.document == "-" else Path(args.document).read_bytes()
-        doc = sign(parse_document(raw), args.key_id, key)
+        doc = sign(parse_document(raw), args.key_id, key, prefix=prefix)
     except OSError as exc:
         return _error(InvalidDocument(f"cannot read: {exc.strerror}", field=str(exc.filename)))
     except BootstrapError as exc:
@@ -149,5 +154,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sign", help="print DOC signed with KEYFILE")
     p.add_argument("-k", "--key", required=True, metavar="KEYFILE")
     p.add_argument("--key-id", required=True)
+    p.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help="topic prefix of the hosts that will verify it (signatures are bound to it)",
+    )
     p.add_argument("document", metavar="DOC", help="JSON or YAML document, - for stdin")
     p.set_defaults(handler=cmd_sign)

@@ -24,9 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bootstrap.agent.topics import DEFAULT_PREFIX, check_host, check_prefix, check_role
 from bootstrap.errors import ConfigError, SignatureError
+from bootstrap.model.payload import MAX_BYTES
 from bootstrap.model.signing import load_public_key
 
-KNOWN_CHECKS = ("libvirt-listening", "time-synchronised")  # the second: when the spec has time
+KNOWN_CHECKS = ("libvirt-listening", "time-synchronised", "cloudstack-agent")
+"""Post-apply checks; ``time-synchronised`` only when the spec has ``time``."""
 
 
 class Broker(BaseModel):
@@ -88,6 +90,13 @@ class Auth(_Table):
             raise ConfigError(f"auth.password_file: cannot read: {exc.strerror}") from exc
 
 
+class Mqtt(_Table):
+    """``[mqtt] protocol``: "5", "3.1.1", or "auto" (5 first, then 3.1.1 when the broker
+    refuses MQTT 5 or closes the connection on its CONNECT, as RabbitMQ 3.10 does)."""
+
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+
+
 class Drift(_Table):
     interval: float = Field(default=300.0, gt=0)
     heal: bool = False
@@ -108,14 +117,20 @@ class AgentConfig(_Table):
     root: Path = Path("/")
     rollback_window: float = Field(default=30.0, gt=0)
     trusted_keys: tuple[str, ...] = ()
-    tls: Tls = Tls()
+    tls: Tls | None = None
     auth: Auth | None = None
+    allow_plaintext_auth: bool = False
+    mqtt: Mqtt = Mqtt()
+    max_payload: int = Field(default=MAX_BYTES, ge=1024, le=64 * 1024 * 1024)
+    reject_interval: float = Field(default=1.0, ge=0.05, le=3600)
     drift: Drift = Drift()
     reconnect: Reconnect = Reconnect()
     debounce: float = Field(default=0.5, ge=0)
     keepalive: int = Field(default=30, ge=5, le=65535)
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
-    checks: tuple[Literal["libvirt-listening", "time-synchronised"], ...] | None = None
+    checks: (
+        tuple[Literal["libvirt-listening", "time-synchronised", "cloudstack-agent"], ...] | None
+    ) = None
 
     @field_validator("host")
     @classmethod
@@ -139,9 +154,35 @@ class AgentConfig(_Table):
     @field_validator("trusted_keys")
     @classmethod
     def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
-            _split_key(entry)
+        ids = [_split_key(entry)[0] for entry in value]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"key id {twice[0]!r} is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _secure(self) -> AgentConfig:
+        plain = [b for b in self.brokers if not b.tls]
+        if self.tls is not None and plain:
+            raise ValueError(
+                f"tls: [tls] is set but {plain[0].url} is plain MQTT; use mqtts://"
+                " (or remove [tls])"
+            )
+        if self.auth is not None and plain and not self.allow_plaintext_auth:
+            raise ValueError(
+                f"auth: [auth] would send the password in clear to {plain[0].url}; use mqtts://"
+                " or set allow_plaintext_auth = true"
+            )
+        return self
+
+    def warnings(self) -> list[str]:
+        """Insecure settings that are allowed, said loudly at start and in every status."""
+        out = []
+        if not self.trusted_keys:
+            out.append("trusted_keys is empty: unsigned documents are applied")
+        if self.auth is not None and any(not b.tls for b in self.brokers):
+            out.append("allow_plaintext_auth: the MQTT password is sent in clear")
+        return out
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
@@ -185,9 +226,9 @@ def parse_config(data: Mapping[str, Any]) -> AgentConfig:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "agent.toml"
+        field = ".".join(str(p) for p in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{field}: {message}") from exc
+        raise ConfigError(f"{field}: {message}" if field else message) from exc
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -228,7 +269,11 @@ def dump_config(config: AgentConfig) -> str:
         f"debounce = {_toml_value(config.debounce)}",
         f"keepalive = {_toml_value(config.keepalive)}",
         f"session_expiry = {_toml_value(config.session_expiry)}",
+        f"max_payload = {_toml_value(config.max_payload)}",
+        f"reject_interval = {_toml_value(config.reject_interval)}",
     ]
+    if config.allow_plaintext_auth:
+        lines.append("allow_plaintext_auth = true")
     if config.checks is not None:
         lines.append(f"checks = {_toml_value(config.checks)}")
     tables: list[tuple[str, BaseModel | None]] = [
@@ -236,6 +281,7 @@ def dump_config(config: AgentConfig) -> str:
         ("auth", config.auth),
         ("drift", config.drift),
         ("reconnect", config.reconnect),
+        ("mqtt", config.mqtt),
     ]
     for name, table in tables:
         if table is None:

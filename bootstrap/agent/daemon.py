@@ -1,20 +1,33 @@
 """The host daemon: desired documents in, converged host and status documents out.
 
 Start-up runs before any broker is needed: finish an interrupted apply (``recover_host``)
-and re-apply the last known good documents. Then three named tasks share one lock on the
-host: the MQTT session (feeds :class:`Desired`), the converge loop (debounces bursts,
-merges roles + host overlay, converges, reports) and the drift loop (re-plans, reports
-and optionally heals).
+and re-apply the last known good documents. Then the agent, an async context manager,
+runs its named tasks in one :class:`asyncio.TaskGroup`: the MQTT session (itself an async
+context manager over the same group), the event publisher, the converge loop and the
+drift loop.
+
+Rules that keep it alive whatever arrives:
+
+- intake (:meth:`Agent._on_message`) never takes the host lock and never raises: it
+  sorts a payload into a pending document or a rejection and wakes the converge loop;
+- only *accepted* documents start or extend the debounce; rejections (invalid, replayed,
+  stale) are reported from the converge loop between applies, at most one status per
+  ``reject_interval`` (the rest are counted in the event), so a replay storm can
+  neither hold a valid document nor flood the broker;
+- every loop survives every exception but its own cancellation; a converge that raises
+  ends as ``failed`` (the transaction has reverted whatever it changed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 from bootstrap.agent.cache import LastKnownGood
@@ -29,17 +42,22 @@ from bootstrap.converge import Options, converge, plan_host, recover_host
 from bootstrap.engine.probe import Probe, TcpProbe
 from bootstrap.engine.resource import Change
 from bootstrap.engine.transaction import Check, Outcome
-from bootstrap.errors import BootstrapError, InvalidDocument
+from bootstrap.errors import BootstrapError, InternalError, InvalidDocument, clip
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import Document, effective_spec
-from bootstrap.model.signing import verify
 from bootstrap.model.spec import Spec
 
 log = logging.getLogger(__name__)
 
+SETTLE_MAX = 10.0  # a burst of accepted documents holds the apply at most this long
+
 
 class Agent:
-    """One host's agent. ``once``: converge what the broker holds, report, and return."""
+    """One host's agent. ``once``: converge what the broker holds, report, and return.
+
+    ``async with Agent(config) as agent`` starts its tasks; leaving the block cancels them
+    (an apply in progress reverts first).
+    """
 
     def __init__(self, config: AgentConfig, *, once: bool = False, wait: float = 60.0) -> None:
         self.config = config
@@ -47,15 +65,30 @@ class Agent:
         self.wait = wait
         self.host = HostRoot(config.root)
         self.topics = Topics(config.prefix, config.host, config.roles)
-        self.desired = Desired(config.roles, config.host, config.trusted())
+        self.desired = Desired(
+            config.roles,
+            config.host,
+            config.trusted(),
+            prefix=config.prefix,
+            max_bytes=config.max_payload,
+        )
         self.cache = LastKnownGood(self.host)
+        self.warnings = config.warnings()
         self.status = self._status("starting")
         self.applies = 0
         self.rejections = 0
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
+        self._attention = asyncio.Event()  # accepted documents or rejections to report
+        self._fresh = False  # accepted documents since the last apply started
+        self._last_accept = 0.0
+        self._rejected: collections.deque[Rejection] = collections.deque(maxlen=64)
+        self._suppressed = 0
+        self._next_reject_report = 0.0
+        self._reject_timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.session = Session(
             config,
             self.topics,
@@ -68,7 +101,11 @@ class Agent:
 
     def _status(self, state: State, **kwargs: Any) -> dict[str, Any]:
         return status_document(
-            host=self.config.host, state=state, applied=self.desired.versions(), **kwargs
+            host=self.config.host,
+            state=state,
+            applied=self.desired.versions(),
+            warnings=self.warnings,
+            **kwargs,
         )
 
     async def _report(self, state: State, **kwargs: Any) -> None:
@@ -92,8 +129,8 @@ class Agent:
     async def _publish_events(self) -> None:
         while True:
             item = await self._events.get()
-            payload = json.dumps(item, default=str).encode()
             try:
+                payload = json.dumps(item, default=str).encode()
                 # Across a reconnect (e.g. the will renewal after every apply) retry for a
                 # while: a publish can fail while the old connection is being torn down.
                 async with asyncio.timeout(5):
@@ -104,39 +141,88 @@ class Agent:
                         await asyncio.sleep(0.05)
             except TimeoutError:
                 pass  # offline: progress events are not retained, so not queued either
+            except Exception:
+                log.exception("event not published")
             finally:
                 self._events.task_done()
 
-    # --- MQTT callbacks -----------------------------------------------------------------
+    # --- MQTT callbacks: intake, outside the host lock -----------------------------------
 
     async def _on_connect(self) -> None:
         """Re-assert our status: the will may have said ``offline`` meanwhile."""
         await self.session.publish(self.topics.status, encode(self.status), retain=True)
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        """Total and lock-free: sort the payload, wake the converge loop if it matters."""
         key = self.topics.key_of(topic)
         if key is None:
             return
-        result = self.desired.offer(key, payload)
+        try:
+            result = self.desired.offer(key, payload)
+        except Exception as exc:  # offer is total; belt and braces
+            log.exception("intake failed on %s", key)
+            result = Rejection(key, None, InvalidDocument(type(exc).__name__, field=""))
         if isinstance(result, Rejection):
-            await self._reject(result)
+            self.rejections += 1
+            if len(self._rejected) == self._rejected.maxlen:
+                self._suppressed += 1
+            self._rejected.append(result)
+            self._attention.set()
         elif result is not None:
             log.info("received %s v%d", key, result.version)
             self._event("received", {"document": key, "version": result.version})
-            self._wake.set()
+            self._fresh = True
+            self._last_accept = asyncio.get_running_loop().time()
+            self._attention.set()
 
-    async def _reject(self, rejection: Rejection) -> None:
-        self.rejections += 1
-        self._event("rejected", {"document": rejection.key, "reason": rejection.describe()})
-        error = rejection.error.to_json()
-        error["message"] = rejection.describe()
-        if isinstance(rejection.error, InvalidDocument):
-            error["field"] = rejection.error.field
-        else:
-            error["field"] = "version"
+    # --- rejections, reported from the converge loop -------------------------------------
+
+    def _rejection_due(self) -> None:
+        self._reject_timer = None
+        self._attention.set()
+
+    async def _report_rejections(self, *, now_: bool = False) -> None:
+        """One status for what was rejected since the last one, at most every
+        ``reject_interval``; an invalid document outranks a replay."""
+        if not self._rejected:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._next_reject_report - loop.time()
+        if wait > 0 and not now_:
+            if self._reject_timer is None:  # one wake-up, however many refusals wait for it
+                self._reject_timer = loop.call_later(wait, self._rejection_due)
+            return
+        batch = list(self._rejected)
+        self._rejected.clear()
+        suppressed = self._suppressed + len(batch) - 1
+        self._suppressed = 0
+        invalid = [r for r in batch if not r.replay]
+        shown = (invalid or batch)[-1]
+        self._next_reject_report = loop.time() + self.config.reject_interval
+        self._event(
+            "rejected",
+            {
+                "document": shown.key,
+                "reason": shown.describe(),
+                "field": shown.field,
+                "suppressed": suppressed,
+            },
+        )
+        error = shown.error.to_json()
+        error["message"] = clip(shown.describe())
+        error["field"] = shown.field
+        if suppressed:
+            error["suppressed"] = suppressed
         async with self._lock:
-            await self._report("rejected", error=error)
-        self._wake.set()
+            if shown.replay:
+                # nothing changed on the host: keep the last outcome's checks
+                await self._report(
+                    "stale",
+                    error=error,
+                    checks=[Check(**c) for c in self.status.get("checks") or []],
+                )
+            else:
+                await self._report("rejected", error=error)
 
     # --- converging ---------------------------------------------------------------------
 
@@ -145,19 +231,37 @@ class Agent:
         return [TcpProbe(broker.host, broker.port)]
 
     async def _converge(self, spec: Spec) -> Outcome:
+        """One transaction; any exception ends as ``failed`` (the engine reverted)."""
         self.applies += 1
         options = Options(self._probes(), self.config.rollback_window, self._event)
         try:
             _plan, outcome = await converge(spec, self.host, options)
+            if outcome.ok:
+                outcome.checks.extend(await run_checks(self.config.enabled_checks, spec, self.host))
         except BootstrapError as exc:
             return Outcome("failed", error=exc)
-        if outcome.ok:
-            outcome.checks.extend(await run_checks(self.config.enabled_checks, spec))
+        except Exception as exc:
+            log.exception("converge failed")
+            return Outcome(
+                "failed", error=InternalError(f"{type(exc).__name__}: {exc}", resource="converge")
+            )
         return outcome
+
+    async def _settle(self) -> None:
+        """Until no document was accepted for ``debounce`` (rejections do not count), at
+        most :data:`SETTLE_MAX`."""
+        loop = asyncio.get_running_loop()
+        limit = loop.time() + max(SETTLE_MAX, self.config.debounce)
+        while True:
+            left = min(self._last_accept + self.config.debounce, limit) - loop.time()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
 
     async def _apply_pending(self) -> bool | None:
         """Converge in-force + pending; None when nothing was pending."""
         async with self._lock:
+            self._fresh = False
             if not self.desired.pending:
                 return None
             docs = self.desired.candidate()
@@ -175,13 +279,29 @@ class Agent:
             outcome = await self._converge(spec)
             if outcome.ok:
                 self.desired.commit(docs)
-                self.cache.save(docs)
+                self._save(self.cache.save, self.desired.in_force)
             else:
-                self.desired.drop_pending()
+                self.desired.fail(docs)
+                self._save(self.cache.save_failed, self.desired.failed)
             await self._finish(outcome)
+            if self.desired.pending and not self.once:
+                # arrived during the apply: applied next (the loop comes back here)
+                self._fresh = True
+                self._attention.set()
             if outcome.ok and not self.once:
-                self.session.renew()  # the will now names the versions in force
+                # progress events still queued go out on this connection first (a publish
+                # cut by the reconnect would be sent again: a duplicate), then the will
+                # is renewed to name the versions now in force
+                await self._drain_events()
+                self.session.renew()
             return outcome.ok
+
+    @staticmethod
+    def _save(save: Any, data: Any) -> None:
+        try:
+            save(data)
+        except OSError as exc:
+            log.error("cannot write the agent's state: %s", exc)
 
     async def _finish(self, outcome: Outcome, drift: Sequence[Change] | None = None) -> None:
         self._event("done", {"state": outcome.state, "changes": len(outcome.changes)})
@@ -193,21 +313,27 @@ class Agent:
             drift=drift,
         )
 
-    async def _debounced(self) -> None:
-        """Wait for a wake-up, then until the burst is over."""
-        await self._wake.wait()
-        self._wake.clear()
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.debounce)
-            except TimeoutError:
-                return
-            self._wake.clear()
+    async def _converge_step(self, *, now_: bool = False) -> bool | None:
+        """Report rejections, then apply what was accepted (after it settled)."""
+        await self._report_rejections(now_=now_)
+        if not self._fresh:
+            return None
+        await self._settle()
+        # what was refused before this apply is reported before it, never after its outcome
+        await self._report_rejections(now_=True)
+        return await self._apply_pending()
 
     async def _converge_loop(self) -> None:
         while True:
-            await self._debounced()
-            await self._apply_pending()
+            await self._attention.wait()
+            self._attention.clear()
+            try:
+                await self._converge_step()
+            except Exception as exc:  # the loop outlives every failure
+                log.exception("converge loop")
+                with contextlib.suppress(Exception):
+                    error = InternalError(f"{type(exc).__name__}: {exc}", resource="agent")
+                    await self._report("failed", error=error)
 
     async def _once(self) -> bool:
         """Until the first document set is dealt with, or ``wait`` runs out."""
@@ -218,12 +344,13 @@ class Agent:
                 while True:
                     try:
                         async with asyncio.timeout(max(self.config.debounce, 1.0) + 1.0):
-                            await self._debounced()
+                            await self._attention.wait()
                     except TimeoutError:
                         if self.desired.in_force:  # the broker holds nothing newer
                             return bool(self.status["state"] == "converged")
                         continue
-                    result = await self._apply_pending()
+                    self._attention.clear()
+                    result = await self._converge_step(now_=True)
                     if result is not None:
                         return result
                     if self.rejections != rejections:
@@ -250,6 +377,8 @@ class Agent:
                     await self._check_drift()
                 except BootstrapError as exc:
                     log.warning("drift check failed: %s", exc.message)
+                except Exception:
+                    log.exception("drift check failed")
 
     async def _check_drift(self) -> None:
         spec = effective_spec(self.desired.ordered())
@@ -278,7 +407,7 @@ class Agent:
             if key not in self.desired.keys:
                 continue
             try:
-                verify(doc, self.desired.trusted)
+                self.desired.check(key, doc)
             except InvalidDocument as exc:
                 log.warning("cached %s no longer verifies: %s", key, exc.message)
                 continue
@@ -287,14 +416,17 @@ class Agent:
 
     async def startup(self) -> None:
         """Without the broker: finish an interrupted apply, then re-apply the cached state."""
+        for warning in self.warnings:
+            log.warning("insecure setting: %s", warning)
         async with self._lock:
             try:
                 reverted = await recover_host(self.host)
-            except BootstrapError as exc:
-                log.error("recovery failed: %s", exc.message)
+            except Exception as exc:
+                log.error("recovery failed: %s", getattr(exc, "message", exc))
                 reverted = None
             if reverted:
                 log.warning("reverted an interrupted apply: %s", ", ".join(reverted))
+            self.desired.failed = self.cache.load_failed()
             docs = self._cached()
             if not docs:
                 return
@@ -310,11 +442,69 @@ class Agent:
 
     # --- the whole ----------------------------------------------------------------------
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        assert self._group is not None
+        self._tasks[name] = self._group.create_task(coro, name=name)
+
+    async def __aenter__(self) -> Agent:
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        await self.session.within(self._group).__aenter__()
+        self._spawn(self._publish_events(), "events")
+        if not self.once:
+            self._spawn(self._converge_loop(), "converge")
+            self._spawn(self._drift_loop(), "drift")
+        return self
+
+    async def _cancel(self, *names: str) -> None:
+        """Cancel these tasks and wait for them (an apply reverts before it ends)."""
+        tasks = [self._tasks.pop(n) for n in names if n in self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._cancel(*list(self._tasks))
+        await self.session.__aexit__(exc_type, exc, tb)
+        assert self._group is not None
+        await self._group.__aexit__(exc_type, exc, tb)
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, bool]) -> bool | None:
+        """``work``'s result, or None when a stop signal came first (``work`` is cancelled
+        and awaited: an apply in progress reverts before this returns)."""
+        main = asyncio.create_task(work, name="once")
+        stop = asyncio.create_task(self._stop.wait(), name="stop")
+        try:
+            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not main.done():
+                main.cancel()
+            await asyncio.gather(main, stop, return_exceptions=True)
+        if main.cancelled():
+            return None
+        if main.exception() is not None:
+            log.error("converge failed: %r", main.exception())
+            return False
+        return bool(main.result())
+
+    async def _stopped(self) -> None:
+        """SIGTERM: stop converging (reverting an apply in progress), say ``offline``."""
+        sd_notify("STOPPING=1")
+        await self._cancel("converge", "drift")
+        async with self._lock:
+            await self._report("offline")
 
     async def run(self) -> int:
         """0 when the host ends converged (``once``) or on a clean stop; 1 otherwise."""
@@ -322,36 +512,16 @@ class Agent:
         sd_notify("STATUS=starting")
         await self.startup()
         sd_notify("READY=1", f"STATUS={self.status['state']}")
-        tasks = [
-            asyncio.create_task(self.session.run(), name="mqtt-session"),
-            asyncio.create_task(self._publish_events(), name="events"),
-        ]
-        if not self.once:
-            tasks.append(asyncio.create_task(self._converge_loop(), name="converge"))
-            tasks.append(asyncio.create_task(self._drift_loop(), name="drift"))
-        try:
+        async with self:
             if self.once:
-                main = asyncio.create_task(self._once(), name="once")
-                stop = asyncio.create_task(self._stop.wait(), name="stop")
-                await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                ok = main.done() and not main.cancelled() and main.result()
-                main.cancel()
+                ok = await self._until_stopped(self._once())
+                if ok is None:
+                    await self._stopped()
                 await self._drain_events()
                 return 0 if ok else 1
-            stopper = asyncio.create_task(self._stop.wait(), name="stop")
-            done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            sd_notify("STOPPING=1")
-            async with self._lock:
-                await self._report("offline")
+            await self._stop.wait()
+            await self._stopped()
             return 0
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drain_events(self) -> None:
         """Let queued progress events go out before a ``once`` run disconnects."""

@@ -2,7 +2,9 @@
 
 Why our own loop: we need to re-create the client for every attempt (the will carries the
 versions in force), try several brokers in turn, fall back from MQTT 5 to 3.1.1 when a
-broker refuses the protocol, and resubscribe after every reconnect. The session is
+broker refuses the protocol *or closes the connection on an MQTT 5 CONNECT* (RabbitMQ
+3.10's MQTT plugin speaks only 3.1.1 and does the latter), and resubscribe after every
+reconnect. ``[mqtt] protocol`` pins "5" or "3.1.1" instead of "auto". The session is
 persistent (fixed client id = host, clean start off), so QoS 1 messages published while
 we were away are delivered; retained documents come again on every subscribe and the
 daemon ignores what it has already seen.
@@ -17,6 +19,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -34,6 +37,8 @@ ConnectHandler = Callable[[], Awaitable[None]]
 WillFactory = Callable[[], bytes]
 
 UNSUPPORTED_PROTOCOL = (1, 132)  # MQTT 3.1.1 CONNACK rc / MQTT 5 reason code
+NOT_AUTHORIZED = (4, 5, 134, 135)  # bad credentials / not authorised: no fallback helps
+PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +56,76 @@ class Backoff:
 def tls_context(config: AgentConfig) -> ssl.SSLContext:
     tls = config.tls
     try:
-        ctx = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
-        if tls.cert is not None and tls.key is not None:
+        ctx = ssl.create_default_context(cafile=str(tls.ca) if tls and tls.ca else None)
+        if tls is not None and tls.cert is not None and tls.key is not None:
             ctx.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"tls: cannot load certificates: {exc}") from exc
     return ctx
 
 
-def is_protocol_refusal(exc: BaseException) -> bool:
+def _rc(exc: BaseException) -> int | None:
     if not isinstance(exc, aiomqtt.MqttCodeError):
-        return False
+        return None
     rc = exc.rc
-    return getattr(rc, "value", rc) in UNSUPPORTED_PROTOCOL
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
+
+
+def is_protocol_refusal(exc: BaseException) -> bool:
+    return _rc(exc) in UNSUPPORTED_PROTOCOL
+
+
+def may_fall_back(exc: BaseException) -> bool:
+    """An MQTT 5 CONNECT that failed for a reason MQTT 3.1.1 might not: an explicit
+    protocol refusal, or the connection closed / timed out without a CONNACK."""
+    return _rc(exc) not in NOT_AUTHORIZED
+
+
+class _ClosedOnConnect(aiomqtt.MqttError):
+    def __init__(self) -> None:
+        super().__init__("the broker closed the connection before its CONNACK")
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, but a connection the broker closes before its CONNACK fails the
+    connect at once (aiomqtt ignores that disconnect and waits for its timeout): RabbitMQ
+    3.10 answers an MQTT 5 CONNECT so, and ``auto`` should fall back now, not in 10 s.
+
+    paho may call back from the connect's executor thread: the future is failed on the
+    event loop (``call_soon_threadsafe``), and only while this client is connecting.
+    """
+
+    _connecting = False
+
+    async def __aenter__(self) -> _Client:
+        self._connecting = True
+        self._owner = asyncio.get_running_loop()
+        try:
+            await super().__aenter__()
+        finally:
+            self._connecting = False
+        return self
+
+    def _fail_connect(self, connected: asyncio.Future[Any]) -> None:
+        if self._connecting and not connected.done():
+            connected.set_exception(_ClosedOnConnect())
+
+    def _on_disconnect(self, client: Any, userdata: Any, *args: Any, **kwargs: Any) -> None:
+        connected: asyncio.Future[Any] = self._connected
+        if self._connecting and not connected.done():
+            self._owner.call_soon_threadsafe(self._fail_connect, connected)
+            return
+        super()._on_disconnect(client, userdata, *args, **kwargs)
 
 
 class Session:
-    """Keeps one connection alive across broker restarts and failovers."""
+    """Keeps one connection alive across broker restarts and failovers.
+
+    An async context manager over the caller's :class:`asyncio.TaskGroup` (the agent's):
+    ``async with session.within(group):`` runs the reconnect loop as the named task
+    ``mqtt-session`` in that group; leaving the block cancels it (a clean disconnect).
+    """
 
     def __init__(
         self,
@@ -85,6 +143,8 @@ class Session:
         self._on_connect = on_connect
         self._tls = tls_context(config) if any(b.tls for b in config.brokers) else None
         self._backoff = Backoff(config.reconnect.initial, config.reconnect.max)
+        pinned = PROTOCOLS.get(config.mqtt.protocol)
+        self._pinned = pinned
         self._protocol: dict[Broker, aiomqtt.ProtocolVersion] = {}
         self._client: aiomqtt.Client | None = None
         self.broker: Broker | None = None
@@ -92,6 +152,24 @@ class Session:
         self.connects = 0
         self._renew = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def within(self, group: asyncio.TaskGroup) -> Session:
+        self._group = group
+        return self
+
+    async def __aenter__(self) -> Session:
+        if self._group is None:
+            raise RuntimeError("Session.within(group) first: the session runs in its owner's group")
+        self._task = self._group.create_task(self.run(), name="mqtt-session")
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _client_for(self, broker: Broker, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
         auth = self.config.auth
@@ -101,7 +179,7 @@ class Session:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = self.config.session_expiry
-        return aiomqtt.Client(
+        return _Client(
             broker.host,
             broker.port,
             identifier=self.config.host,
@@ -117,19 +195,31 @@ class Session:
             timeout=10,
         )
 
+    def protocol_of(self, broker: Broker) -> aiomqtt.ProtocolVersion:
+        return self._pinned or self._protocol.get(broker, aiomqtt.ProtocolVersion.V5)
+
     async def _connect(self, stack: contextlib.AsyncExitStack, broker: Broker) -> aiomqtt.Client:
-        """MQTT 5 first; 3.1.1 when the broker refuses the protocol version (remembered)."""
-        protocol = self._protocol.get(broker, aiomqtt.ProtocolVersion.V5)
+        """The pinned protocol; with "auto", MQTT 5 first and 3.1.1 when the broker refuses
+        MQTT 5 or drops the connection on its CONNECT (remembered per broker)."""
+        protocol = self.protocol_of(broker)
         try:
             return await stack.enter_async_context(self._client_for(broker, protocol))
         except aiomqtt.MqttError as exc:
-            if protocol != aiomqtt.ProtocolVersion.V5 or not is_protocol_refusal(exc):
+            if self._pinned or protocol != aiomqtt.ProtocolVersion.V5 or not may_fall_back(exc):
                 raise
-        log.info("%s refuses MQTT 5; using MQTT 3.1.1", broker.url)
-        self._protocol[broker] = aiomqtt.ProtocolVersion.V311
-        return await stack.enter_async_context(
-            self._client_for(broker, aiomqtt.ProtocolVersion.V311)
-        )
+            first = exc
+        try:
+            client = await stack.enter_async_context(
+                self._client_for(broker, aiomqtt.ProtocolVersion.V311)
+            )
+        except aiomqtt.MqttError:
+            raise first from None  # 3.1.1 did not help either: the broker is down or refuses us
+        if is_protocol_refusal(first) or isinstance(first, _ClosedOnConnect):
+            log.warning("%s does not take MQTT 5 (%s); using MQTT 3.1.1", broker.url, first)
+            self._protocol[broker] = aiomqtt.ProtocolVersion.V311
+        else:  # a timeout may be a busy broker: MQTT 5 is tried again next time
+            log.warning("%s: MQTT 5 failed (%s); connected with MQTT 3.1.1", broker.url, first)
+        return client
 
     async def _serve(self, broker: Broker) -> None:
         """One connection: subscribe, report, deliver messages; returns on :meth:`renew`."""
@@ -166,8 +256,11 @@ class Session:
     async def _deliver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
-            data = payload if isinstance(payload, bytes) else str(payload or "").encode()
-            await self._on_message(message.topic.value, data)
+            data = payload if isinstance(payload, bytes | bytearray) else b""
+            try:
+                await self._on_message(message.topic.value, bytes(data))
+            except Exception:  # the handler is total; never let a message end the session
+                log.exception("message handler failed on %s", message.topic.value)
 
     def renew(self) -> None:
         """Reconnect gracefully (no will fired) so the will carries the versions now in force."""
@@ -186,6 +279,8 @@ class Session:
                 continue  # renewed on purpose: straight back to the same broker
             except (aiomqtt.MqttError, ConfigError) as exc:
                 log.warning("broker %s: %s", broker.url, exc or type(exc).__name__)
+            except Exception:  # whatever the broker or the library does: keep reconnecting
+                log.exception("broker %s: unexpected error", broker.url)
             if self.connects != connects:
                 attempt = 0  # we were connected: start the backoff afresh, same broker first
             else:

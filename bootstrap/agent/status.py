@@ -51,7 +51,7 @@ def _error(error: BootstrapError | Mapping[str, Any] | None) -> dict[str, Any] |
         return None
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "version" and isinstance(value, int) and not isinstance(value, bool):
+        if key in ("version", "suppressed") and type(value) is int:
             out[key] = value
         elif key in ("message", "resource"):
             out[key] = _clip(value)
@@ -112,6 +112,7 @@ def status_document(
     error: BootstrapError | Mapping[str, Any] | None = None,
     drift: Sequence[Change] | None = None,
     at: str | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The status as a JSON-ready dict, validated against the shared model."""
     data: dict[str, Any] = {
@@ -126,6 +127,8 @@ def status_document(
         "agent": {"version": __version__},
         "drift": None if drift is None else _changes(drift),
     }
+    if warnings:
+        data["warnings"] = [_clip(w) for w in warnings[:MAX_ITEMS]]
     _fit(data)
     for name in ("changes", "checks", "drift"):
         if data[name] is not None:

@@ -50,6 +50,9 @@ class Resource(ABC, Generic[S]):
     state_type: ClassVar[Any]
     #: services that read this resource and must restart when it changes
     restarts: frozenset[str] = frozenset()
+    #: changing it can cut a network path (links, addresses, the firewall): only then are
+    #: the transaction's probes waited for after the change
+    network: ClassVar[bool] = False
 
     @property
     @abstractmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +17,13 @@ from bootstrap.engine.plan import Plan, Step
 from bootstrap.engine.probe import Probe, wait_for_probe
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.engine.services import ServiceManager
-from bootstrap.errors import BootstrapError, ProbeError, ResourceError, VerifyError
+from bootstrap.errors import (
+    BootstrapError,
+    InternalError,
+    ProbeError,
+    ResourceError,
+    VerifyError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ async def _restart(services: ServiceManager, names: Sequence[str]) -> list[Chang
     for name in names:
         try:
             await services.restart(name)
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:
             raise ResourceError(str(exc), resource=f"service/{name}") from exc
     return [Change(f"service/{n}", "restart", "reads a changed file") for n in names]
 
@@ -88,6 +94,130 @@ async def revert_steps(steps: Sequence[tuple[Resource[Any], Any]]) -> list[str]:
     return stuck
 
 
+async def _counted(probes: Sequence[Probe]) -> list[Probe]:
+    """Probes count only if they pass before the change; one that raises does not count."""
+    counted = []
+    for probe in probes:
+        try:
+            if await probe.check():
+                counted.append(probe)
+        except Exception as exc:
+            log.warning("probe %s failed to run before the change: %s", probe.name, exc)
+    return counted
+
+
+async def _probe(probe: Probe, window: float) -> bool:
+    try:
+        return await wait_for_probe(probe, window)
+    except Exception as exc:
+        raise ProbeError(f"{type(exc).__name__}: {exc}", probe=probe.name) from exc
+
+
+def _as_error(exc: Exception, where: str) -> BootstrapError:
+    """Any exception as our own error, naming the stage (resource, service or probe)."""
+    if isinstance(exc, BootstrapError):
+        return exc
+    return InternalError(f"{type(exc).__name__}: {exc}", resource=where)
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one transaction did so far: what a revert has to undo."""
+
+    plan: Plan
+    applied: list[Step] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    stage: str = "transaction"
+
+
+async def _forward(
+    run: _Run,
+    *,
+    services: ServiceManager,
+    baseline: Sequence[Probe],
+    rollback_window: float,
+    verify_timeout: float,
+    on_event: EventSink,
+) -> None:
+    for step in run.plan.pending:
+        run.stage = step.resource.name
+        on_event("apply", {"resource": step.resource.name})
+        run.applied.append(step)  # before: a half-done apply is reverted too
+        try:
+            await step.resource.apply(step.current, step.target)
+        except BootstrapError:
+            raise
+        except Exception as exc:
+            raise ResourceError(f"{type(exc).__name__}: {exc}", resource=run.stage) from exc
+        run.changes.extend(step.changes)
+    for step in run.applied:
+        run.stage = step.resource.name
+        await _verify(step, verify_timeout)
+    run.stage = "services"
+    run.changes.extend(await _restart(services, run.plan.restarts))
+    for probe in baseline:
+        run.stage = f"probe/{probe.name}"
+        ok = await _probe(probe, rollback_window)
+        run.checks.append(Check(f"probe {probe.name}", ok, "reachable" if ok else "lost"))
+        if not ok:
+            raise ProbeError(
+                f"unreachable for {rollback_window:g}s after the change", probe=probe.name
+            )
+
+
+async def _rollback(
+    run: _Run,
+    error: BootstrapError,
+    *,
+    services: ServiceManager,
+    baseline: Sequence[Probe],
+    rollback_window: float,
+    journal: Journal | None,
+) -> Outcome:
+    """Revert every applied step, restart what read a changed file, then try the counted
+    probes again: the status says whether the path came back."""
+    stuck = await revert_steps([(s.resource, s.current) for s in run.applied])
+    if not stuck and run.plan.restarts:
+        try:
+            await _restart(services, run.plan.restarts)
+        except ResourceError as exc:
+            stuck.append(exc.resource)
+    if journal is not None and not stuck:
+        journal.clear()
+    checks: list[Check] = []
+    for probe in baseline:
+        try:
+            back = await wait_for_probe(probe, rollback_window)
+        except Exception:
+            back = False
+        detail = "reachable again" if back else "still lost after the revert"
+        checks.append(Check(f"probe {probe.name} after revert", back, detail))
+    if stuck:
+        error = ResourceError(
+            f"{error.message}; revert failed for {', '.join(stuck)}", resource=stuck[0]
+        )
+        return Outcome("failed", run.changes, checks, error)
+    return Outcome("rolled_back", run.changes, checks, error)
+
+
+async def _shielded(outcome: Awaitable[Outcome]) -> Outcome:
+    """Run a revert to its end even if we are cancelled meanwhile; then re-raise."""
+    task = asyncio.ensure_future(outcome)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
 async def apply_plan(
     plan: Plan,
     *,
@@ -99,13 +229,21 @@ async def apply_plan(
     journal_spec: Mapping[str, Any] | None = None,
     on_event: EventSink = _noop,
 ) -> Outcome:
-    """Carry out ``plan``; on any failure revert everything it changed."""
+    """Carry out ``plan``; on any failure revert everything it changed.
+
+    Total: any exception (ours or not) from apply, verify, a restart or a probe ends in
+    a revert and an outcome ``rolled_back`` (or ``failed`` if the revert itself failed).
+    A cancellation reverts too (shielded from further cancellation), then propagates. The
+    journal is cleared only when nothing is left to revert.
+    """
     pending = plan.pending
     if not pending:
         return Outcome("converged")
 
-    # Probes count only if they pass before the change.
-    baseline = [p for p in probes if await p.check()]
+    # Only a change that can cut a path (links, addresses, firewall) is judged by probes:
+    # a broker that goes away during a file-only change is no reason to revert it.
+    network = any(s.resource.network for s in pending)
+    baseline = await _counted(probes) if network else []
     on_event(
         "probes",
         {
@@ -119,52 +257,40 @@ async def apply_plan(
             dict(journal_spec or {}),
             {s.resource.name: s.resource.dump(s.current) for s in pending},
         )
-    applied: list[Step] = []
-    changes: list[Change] = []
+    run = _Run(plan)
     try:
-        for step in pending:
-            on_event("apply", {"resource": step.resource.name})
-            try:
-                await step.resource.apply(step.current, step.target)
-            except BootstrapError:
-                raise
-            except Exception as exc:
-                raise ResourceError(
-                    f"{type(exc).__name__}: {exc}", resource=step.resource.name
-                ) from exc
-            finally:
-                applied.append(step)
-            changes.extend(step.changes)
-        for step in applied:
-            await _verify(step, verify_timeout)
-        changes.extend(await _restart(services, plan.restarts))
-        checks: list[Check] = []
-        for probe in baseline:
-            ok = await wait_for_probe(probe, rollback_window)
-            checks.append(Check(f"probe {probe.name}", ok, "reachable" if ok else "lost"))
-            if not ok:
-                raise ProbeError(
-                    f"unreachable for {rollback_window:g}s after the change", probe=probe.name
-                )
-    except BootstrapError as error:
-        on_event("revert", {"reason": error.message})
-        stuck = await revert_steps([(s.resource, s.current) for s in applied])
-        if not stuck and plan.restarts:
-            try:
-                await _restart(services, plan.restarts)
-            except ResourceError as exc:
-                stuck.append(exc.resource)
-        if journal is not None and not stuck:
-            journal.clear()
-        if stuck:
-            error = ResourceError(
-                f"{error.message}; revert failed for {', '.join(stuck)}", resource=stuck[0]
+        await _forward(
+            run,
+            services=services,
+            baseline=baseline,
+            rollback_window=rollback_window,
+            verify_timeout=verify_timeout,
+            on_event=on_event,
+        )
+    except asyncio.CancelledError:
+        on_event("revert", {"reason": "cancelled"})
+        stopped = InternalError("cancelled during the apply", resource=run.stage)
+        await _shielded(
+            _rollback(
+                run, stopped, services=services, baseline=(), rollback_window=0, journal=journal
             )
-            return Outcome("failed", changes, [], error)
-        return Outcome("rolled_back", changes, [], error)
+        )
+        raise
+    except Exception as exc:
+        error = _as_error(exc, run.stage)
+        on_event("revert", {"reason": error.message})
+        rollback = _rollback(
+            run,
+            error,
+            services=services,
+            baseline=baseline,
+            rollback_window=rollback_window,
+            journal=journal,
+        )
+        return await _shielded(rollback)
     if journal is not None:
         journal.clear()
-    return Outcome("converged", changes, checks)
+    return Outcome("converged", run.changes, run.checks)
 
 
 async def recover(journal: Journal, resources: Sequence[Resource[Any]]) -> list[str] | None:

@@ -22,9 +22,10 @@ def _error(exc: BootstrapError, code: int = 1) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    from bootstrap.errors import RolloutLocked
     from bootstrap.fleet.acl import load_inventory
     from bootstrap.fleet.connect import config_from_args
-    from bootstrap.fleet.rollout import Options, RolloutLocked, run_rollout
+    from bootstrap.fleet.rollout import Options, run_rollout
     from bootstrap.fleet.waves import AbortPolicy, Amount, parse_waves
     from bootstrap.model.document import parse_document
     from bootstrap.model.signing import load_private_key

@@ -20,7 +20,7 @@ from typing import Any
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bootstrap.errors import BootstrapError
+from bootstrap.errors import RolloutError, RolloutLocked
 from bootstrap.fleet.connect import FleetConfig, client_id, connect
 from bootstrap.fleet.state import (
     Previous,
@@ -48,14 +48,6 @@ from bootstrap.wire.status import MAX_VERSION, CheckItem
 from bootstrap.wire.text import printable
 
 Say = Callable[[str], None]
-
-
-class RolloutLocked(BootstrapError):
-    code = "locked"
-
-
-class RolloutError(BootstrapError):
-    code = "rollout"
 
 
 @dataclass(frozen=True)
@@ -99,7 +91,8 @@ class Controller:
     def _signed(self, doc: Document) -> Document:
         if self.opts.key is None:
             return doc
-        return sign(doc.model_copy(update={"signature": None}), self.opts.key_id, self.opts.key)
+        unsigned = doc.model_copy(update={"signature": None})
+        return sign(unsigned, self.opts.key_id, self.opts.key, prefix=self.view.prefix)
 
     async def publish_doc(
         self, version: int, spec: Mapping[str, Any], hosts: Sequence[str] | None, rollout_id: str

@@ -163,7 +163,8 @@ def judge(
     at_version = status.role_version(role) == version
     if state == "offline":
         return None, "offline"  # a blip is not a verdict; the timeout turns it into one
-    if state == "converged" and at_version:
+    # "stale": the host refused a replay and kept what it runs (contract section 4)
+    if state in ("converged", "stale") and at_version:
         bad = failed_checks(status.checks, baseline_checks)
         if bad:
             return "check_failed", "checks failed after apply: " + ", ".join(bad)

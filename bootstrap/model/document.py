@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from bootstrap.errors import InvalidDocument
 from bootstrap.model.merge import merge_all
+from bootstrap.model.payload import MAX_BYTES, decode
 from bootstrap.model.spec import FieldError, MissingField, Spec
 
 API_VERSION = "cloudstack-bootstrap/v1"
 ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
+MAX_VERSION = 2**53 - 1  # a JSON integer every client reads exactly
 
 
 class Signature(BaseModel):
@@ -59,7 +59,7 @@ class Document(BaseModel):
     api_version: Literal["cloudstack-bootstrap/v1"] = Field(alias="apiVersion")
     kind: Literal["Role", "Host"]
     name: str
-    version: int = Field(ge=1)
+    version: StrictInt = Field(ge=1, le=MAX_VERSION)  # 2.0, true and "2" are errors
     spec: dict[str, Any] = Field(default_factory=dict)
     rollout: RolloutSelector | None = None
     signature: Signature | None = None
@@ -124,29 +124,26 @@ def invalid_from(
     return InvalidDocument(_message(first), field=field)
 
 
-def parse_document(raw: bytes | str | Mapping[str, Any]) -> Document:
+def parse_document(raw: bytes | str | Mapping[str, Any], *, max_bytes: int = MAX_BYTES) -> Document:
     """Parse JSON or YAML (or an already-decoded mapping) into a validated document.
 
-    The document's own spec is validated too (as if it stood alone), so an invalid
-    field is reported against the document that carries it.
+    Total: whatever the input, the result is a :class:`Document` or an
+    :class:`InvalidDocument` naming the field (bounds are checked before decoding, see
+    :mod:`bootstrap.model.payload`). The document's own spec is validated too (as if it
+    stood alone), so an invalid field is reported against the document that carries it.
     """
-    if isinstance(raw, Mapping):
-        data: object = raw
-    else:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise InvalidDocument(f"neither JSON nor YAML: {exc}", field="") from exc
+    data: object = raw if isinstance(raw, Mapping) else decode(raw, max_bytes=max_bytes)
     if not isinstance(data, Mapping):
         raise InvalidDocument("a desired document is a JSON object", field="")
-    doc = validated(Document, data)
-    if doc.kind == "Role" and not ROLE_NAME.match(doc.name):
-        raise InvalidDocument(f"{doc.name!r} is not a valid role name", field="name")
-    check_partial_spec(doc.spec, prefix="spec")
+    try:
+        doc = validated(Document, data)
+        if doc.kind == "Role" and not ROLE_NAME.match(doc.name):
+            raise InvalidDocument(f"{doc.name!r} is not a valid role name", field="name")
+        check_partial_spec(doc.spec, prefix="spec")
+    except InvalidDocument:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        raise InvalidDocument(f"unreadable: {type(exc).__name__}", field="") from exc
     return doc
 
 

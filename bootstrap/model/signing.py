@@ -1,7 +1,10 @@
-"""Ed25519 signatures over the canonical JSON of a desired document.
+"""Ed25519 signatures over the topic prefix and the canonical JSON of a desired document.
 
-Canonical JSON: every field but ``signature``, keys sorted, no spaces, UTF-8. Any client
-(not only ours) can produce it, so documents signed elsewhere verify here.
+Signed bytes: the UTF-8 topic prefix (``cloudstack/bootstrap/v1``), one NUL byte (which no
+MQTT topic may contain), then the canonical JSON: every field but ``signature``, keys
+sorted, no spaces, UTF-8. Binding the prefix means a document signed for staging
+(``staging/bootstrap/v1``) does not verify on production hosts with the same key. Any
+client (not only ours) can produce these bytes, so documents signed elsewhere verify here.
 """
 
 from __future__ import annotations
@@ -26,18 +29,26 @@ from bootstrap.model.document import Document, Signature
 
 
 def canonical_bytes(document: Document | Mapping[str, Any]) -> bytes:
+    """The canonical JSON of every field but ``signature``."""
     data = document.to_json() if isinstance(document, Document) else dict(document)
     data.pop("signature", None)
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def sign(document: Document, key_id: str, key: Ed25519PrivateKey) -> Document:
-    signature = base64.b64encode(key.sign(canonical_bytes(document))).decode()
+def signed_bytes(document: Document | Mapping[str, Any], prefix: str) -> bytes:
+    """What a signature covers: ``prefix``, NUL, the canonical JSON."""
+    return prefix.encode() + b"\0" + canonical_bytes(document)
+
+
+def sign(document: Document, key_id: str, key: Ed25519PrivateKey, *, prefix: str) -> Document:
+    """``document`` signed for the hosts under topic ``prefix`` (and only those)."""
+    signature = base64.b64encode(key.sign(signed_bytes(document, prefix))).decode()
     return document.model_copy(update={"signature": Signature(key_id=key_id, ed25519=signature)})
 
 
-def verify(document: Document, trusted: Mapping[str, Ed25519PublicKey]) -> None:
-    """Raise :class:`SignatureError` unless signed by one of ``trusted`` (by key id)."""
+def verify(document: Document, trusted: Mapping[str, Ed25519PublicKey], *, prefix: str) -> None:
+    """Raise :class:`SignatureError` unless signed by one of ``trusted`` (by key id) for
+    ``prefix``."""
     if not trusted:
         return
     sig = document.signature
@@ -49,7 +60,7 @@ def verify(document: Document, trusted: Mapping[str, Ed25519PublicKey]) -> None:
     if key is None:
         raise SignatureError(f"key {sig.key_id!r} is not trusted here", field="signature.keyId")
     try:
-        key.verify(base64.b64decode(sig.ed25519, validate=True), canonical_bytes(document))
+        key.verify(base64.b64decode(sig.ed25519, validate=True), signed_bytes(document, prefix))
     except (InvalidSignature, binascii.Error, ValueError) as exc:
         raise SignatureError("bad signature", field="signature.ed25519") from exc
 

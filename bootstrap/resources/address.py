@@ -138,6 +138,8 @@ def diff_states(
 class ManagementAddress(Resource[AddressState]):
     """``address`` on ``ifname`` and, when ``gateway`` is set, the default route via it."""
 
+    network = True  # can cut a network path
+
     state_type: ClassVar[Any] = AddressState
 
     def __init__(

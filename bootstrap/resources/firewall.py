@@ -65,6 +65,8 @@ def write_table(state: FirewallState | None) -> None:
 class FirewallResource(Resource[FirewallState | None]):
     """The seed's port list as an nftables input chain; ``None`` spec = leave it alone."""
 
+    network = True  # can cut a network path
+
     state_type: ClassVar[Any] = FirewallState | None
 
     def __init__(self, firewall: Firewall | None) -> None:

@@ -337,6 +337,8 @@ async def converge_bond(
 class UplinkResource(Resource[UplinkState | None]):
     """The operator's uplink: we set its MTU and bring it up, nothing else."""
 
+    network = True  # can cut a network path
+
     state_type: ClassVar[Any] = UplinkState | None
 
     def __init__(self, desired: UplinkState, *, field: str | None = None) -> None:
@@ -380,6 +382,8 @@ class UplinkResource(Resource[UplinkState | None]):
 
 class _OwnedLink(Resource[_L | None]):
     """A link we create and own by name; ``desired`` None removes it if it is ours."""
+
+    network = True  # can cut a network path
 
     kind: ClassVar[str]
 
@@ -459,6 +463,8 @@ class StaleLinks(Resource[tuple[LinkState, ...]]):
     Runs last, so a VLAN that moved to another bridge has left the old one first; its
     snapshot keeps the links it removes, so a revert recreates them.
     """
+
+    network = True  # can cut a network path
 
     state_type: ClassVar[Any] = tuple[LinkState, ...]
 

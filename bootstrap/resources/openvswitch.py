@@ -379,6 +379,8 @@ async def _lacp_errors(host: HostRoot, bond: Uplink) -> list[str]:
 class OpenVSwitch(Resource[OvsState]):
     """Our OVS bridges. ``want=None`` removes every bridge and port we created."""
 
+    network = True  # can cut a network path
+
     state_type: ClassVar[Any] = OvsState
 
     def __init__(self, host: HostRoot, want: OvsBridge | None, *, timeout: float = 10.0) -> None:

@@ -43,7 +43,9 @@ MAX_ITEMS = 200  # changes, checks, drift (the agent keeps the first ones)
 MAX_ROLES = 64
 MAX_VERSION = 2**63 - 1
 
-State = Literal["starting", "applying", "converged", "failed", "rolled_back", "rejected", "offline"]
+State = Literal[
+    "starting", "applying", "converged", "failed", "rolled_back", "rejected", "stale", "offline"
+]
 STATES: tuple[str, ...] = get_args(State)
 
 HostName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,252}$")]
@@ -68,6 +70,7 @@ class StatusError(_Wire):
     resource: Text | None = None
     document: Name | None = None  # e.g. "roles/kvm": the document a rejection is about
     version: Version | None = None  # its version, when it had a readable one
+    suppressed: Annotated[int, Field(ge=0, le=2**31)] | None = None  # refusals folded in
 
 
 class Applied(_Wire):
@@ -102,6 +105,7 @@ class StatusDocument(_Wire):
     at: Annotated[str, StringConstraints(max_length=64)]
     agent: AgentInfo | None = None
     drift: Annotated[tuple[ChangeItem, ...], Field(max_length=MAX_ITEMS)] | None = None
+    warnings: Annotated[tuple[Text, ...], Field(max_length=MAX_ITEMS)] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The wire form: ``error`` always present (null), ``drift`` only when set."""
@@ -112,6 +116,8 @@ class StatusDocument(_Wire):
             del data["drift"]
         if data["agent"] is None:
             del data["agent"]
+        if not data["warnings"]:
+            del data["warnings"]
         return data
 
     def role_version(self, role: str) -> int | None:

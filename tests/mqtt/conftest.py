@@ -140,7 +140,7 @@ def write_config(path: Path, brokers: Sequence[str], root: Path, **extra: Any) -
         "debounce": 0.3,
         "keepalive": 5,
     }
-    tables = {k: extra.pop(k) for k in ("tls", "auth", "reconnect", "drift") if k in extra}
+    tables = {k: extra.pop(k) for k in ("tls", "auth", "reconnect", "drift", "mqtt") if k in extra}
     values.update(extra)
     tables.setdefault("reconnect", {"initial": 0.2, "max": 1.0})
     lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]

@@ -127,6 +127,7 @@ def test_tls_client_cert_and_password_agents_both_converge(
             roots["pw1"],
             host="pw1",
             auth={"username": "pw1", "password_file": str(tmp_path / "pw")},
+            allow_plaintext_auth=True,  # a test broker on 127.0.0.1
         )
     )
     bad = agents(
@@ -136,6 +137,7 @@ def test_tls_client_cert_and_password_agents_both_converge(
             roots["bad1"],
             host="bad1",
             auth={"username": "pw1", "password_file": str(tmp_path / "bad")},
+            allow_plaintext_auth=True,  # a test broker on 127.0.0.1
         )
     )
 

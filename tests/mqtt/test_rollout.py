@@ -165,7 +165,9 @@ def port_of(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def start_fleet(tmp: Path, hosts: list[str], port: int, **config: Any) -> Iterator[Fleet]:
+def start_fleet(
+    tmp: Path, hosts: list[str], port: int, *, ready: float = 20.0, **config: Any
+) -> Iterator[Fleet]:
     """Agents that trust only documents signed with the test key (``--sign`` below), all
     converged on a first version with ``port``."""
     key = Ed25519PrivateKey.generate()
@@ -185,10 +187,10 @@ def start_fleet(tmp: Path, hosts: list[str], port: int, **config: Any) -> Iterat
                 agents.append(
                     AgentProcess(write_config(path, [broker.url], roots[host], **settings))
                 )
-            first = sign(parse_document(role_doc(1, **spec(port))), KEY_ID, key)
+            first = sign(parse_document(role_doc(1, **spec(port))), KEY_ID, key, prefix=PREFIX)
             client.publish(ROLE_TOPIC, first.to_json())
             fleet = Fleet(broker, client, roots, agents, tmp, hosts)
-            fleet.wait_all(1)
+            fleet.wait_all(1, timeout=ready)
             yield fleet
         finally:
             for agent in agents:
@@ -200,7 +202,8 @@ def start_fleet(tmp: Path, hosts: list[str], port: int, **config: Any) -> Iterat
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with start_fleet(tmp_path_factory.mktemp("fleet"), HOSTS, 16509) as fleet:
+    # 20 Python processes starting at once on a small, shared machine take a while
+    with start_fleet(tmp_path_factory.mktemp("fleet"), HOSTS, 16509, ready=60) as fleet:
         yield fleet
 
 

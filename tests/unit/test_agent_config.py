@@ -21,15 +21,19 @@ def key_entry(key_id: str = "ops-2026") -> str:
 def test_contract_example_and_defaults(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(
-        'broker = "mqtt://127.0.0.1:1883"\nhost = "kvm1.lab.example.org"\nroles = ["kvm"]\n'
+        'broker = "mqtts://127.0.0.1:8883"\nhost = "kvm1.lab.example.org"\nroles = ["kvm"]\n'
         'prefix = "cloudstack/bootstrap/v1"\nroot = "/"\nrollback_window = 30\n'
         'trusted_keys = []\n[tls]\n[auth]\nusername = "kvm1"\n'
     )
     config = load_config(path)
-    assert config.brokers == (Broker(host="127.0.0.1", port=1883, tls=False),)
+    assert config.brokers == (Broker(host="127.0.0.1", port=8883, tls=True),)
     assert config.roles == ("kvm",) and config.root == Path("/")
     assert config.rollback_window == 30 and config.trusted() == {}
-    assert config.enabled_checks == ("libvirt-listening", "time-synchronised")  # the real root
+    assert config.enabled_checks == (  # the real root
+        "libvirt-listening",
+        "time-synchronised",
+        "cloudstack-agent",
+    )
     assert config.auth is not None and config.auth.password() is None
     default = parse_config({"broker": "mqtts://broker.lab", "root": str(tmp_path)})
     assert default.brokers[0] == Broker(host="broker.lab", port=8883, tls=True)
@@ -37,6 +41,8 @@ def test_contract_example_and_defaults(tmp_path: Path) -> None:
     assert default.prefix == "cloudstack/bootstrap/v1"
     assert default.enabled_checks == ()  # a simulated root has no libvirtd
     assert default.drift.heal is False and default.debounce == 0.5
+    assert default.mqtt.protocol == "auto" and default.max_payload == 1024 * 1024
+    assert default.warnings() == ["trusted_keys is empty: unsigned documents are applied"]
 
 
 def test_several_brokers_and_trusted_keys() -> None:
@@ -51,7 +57,7 @@ def test_several_brokers_and_trusted_keys() -> None:
 def test_round_trip_through_toml(tmp_path: Path) -> None:
     config = parse_config(
         {
-            "brokers": ["mqtt://a:1883", "mqtts://b:8883"],
+            "brokers": ["mqtts://a:8883", "mqtts://b:8883"],
             "host": "kvm2",
             "roles": ["kvm", "base"],
             "root": str(tmp_path),
@@ -60,6 +66,8 @@ def test_round_trip_through_toml(tmp_path: Path) -> None:
             "auth": {"username": "kvm2", "password_file": "/etc/pw"},
             "drift": {"interval": 60, "heal": True},
             "checks": ["libvirt-listening"],
+            "mqtt": {"protocol": "3.1.1"},
+            "max_payload": 65536,
         }
     )
     text = dump_config(config)
@@ -82,7 +90,13 @@ def test_round_trip_through_toml(tmp_path: Path) -> None:
         ({"broker": "mqtt://x", "rollback_window": 0}, "rollback_window"),
         ({"broker": "mqtt://x", "trusted_keys": ["nokeyid"]}, "trusted_keys"),
         ({"broker": "mqtt://x", "trusted_keys": ["k:bm90IGEga2V5"]}, "trusted_keys"),
-        ({"broker": "mqtt://x", "tls": {"cert": "/c"}}, "tls"),
+        ({"broker": "mqtts://x", "tls": {"cert": "/c"}}, "tls"),
+        ({"broker": "mqtt://x", "tls": {"ca": "/ca.pem"}}, "tls"),
+        ({"brokers": ["mqtts://x", "mqtt://y"], "tls": {}}, "tls"),
+        ({"broker": "mqtt://x", "auth": {"username": "u"}}, "auth"),
+        ({"broker": "mqtt://x", "trusted_keys": [key_entry("a"), key_entry("a")]}, "trusted_keys"),
+        ({"broker": "mqtt://x", "mqtt": {"protocol": "4"}}, "mqtt.protocol"),
+        ({"broker": "mqtt://x", "max_payload": 10}, "max_payload"),
         ({"broker": "mqtt://x", "auth": {"password_file": "/p"}}, "auth.username"),
         ({"broker": "mqtt://x", "drift": {"interval": -1}}, "drift.interval"),
         ({"broker": "mqtt://x", "checks": ["nonsense"]}, "checks"),
@@ -101,3 +115,12 @@ def test_unreadable_or_not_toml(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("broker = \n")
     with pytest.raises(ConfigError, match="not TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_plaintext_auth_only_when_allowed_and_then_loudly() -> None:
+    data = {"broker": "mqtt://x", "host": "h1", "auth": {"username": "kvm1"}}
+    with pytest.raises(ConfigError, match="in clear"):
+        parse_config(data)
+    config = parse_config({**data, "allow_plaintext_auth": True, "trusted_keys": [key_entry()]})
+    assert config.warnings() == ["allow_plaintext_auth: the MQTT password is sent in clear"]
+    assert parse_config({**data, "broker": "mqtts://x"}).auth is not None  # TLS: fine

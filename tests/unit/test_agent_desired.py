@@ -15,6 +15,8 @@ from bootstrap.errors import InvalidDocument, SignatureError, StaleDocument
 from bootstrap.model.document import effective_spec, parse_document
 from bootstrap.model.signing import sign
 
+PREFIX = "cloudstack/bootstrap/v1"
+
 
 def doc(kind: str, name: str, version: int, **spec: Any) -> bytes:
     return json.dumps(
@@ -67,7 +69,7 @@ def test_signatures_when_keys_are_trusted() -> None:
     d = Desired(["kvm"], "h1", {"ops": key.public_key()})
     unsigned = d.offer("roles/kvm", doc("Role", "kvm", 1))
     assert isinstance(unsigned, Rejection) and isinstance(unsigned.error, SignatureError)
-    signed = sign(parse_document(doc("Role", "kvm", 1)), "ops", key).to_json()
+    signed = sign(parse_document(doc("Role", "kvm", 1)), "ops", key, prefix=PREFIX).to_json()
     accepted = d.offer("roles/kvm", json.dumps(signed).encode())
     assert accepted is not None and not isinstance(accepted, Rejection)
     signed["version"] = 2  # tampered after signing

@@ -113,4 +113,4 @@ def test_keygen_and_sign_round_trip(tmp_path: Path) -> None:
     from bootstrap.model.signing import verify
 
     trusted = parse_config({"broker": "mqtt://x", "host": "h", "trusted_keys": [entry]}).trusted()
-    verify(parse_document(doc), trusted)  # raises if it does not verify
+    verify(parse_document(doc), trusted, prefix="cloudstack/bootstrap/v1")  # raises if not

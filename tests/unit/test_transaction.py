@@ -105,6 +105,8 @@ async def test_a_probe_lost_by_the_change_rolls_back(
     server, port = listener
 
     class CutsThePath(TextFile):
+        network = True
+
         async def apply(self, current: str | None, target: str | None) -> None:
             await super().apply(current, target)
             if target == self.text:
@@ -127,11 +129,33 @@ async def test_a_probe_that_never_passed_does_not_count(tmp_path: Path) -> None:
     assert outcome.state == "converged"
 
 
+class NetworkFile(TextFile):
+    network = True  # stands in for a link or an address: probes judge it
+
+
+async def test_a_file_only_change_is_not_judged_by_probes(
+    tmp_path: Path, listener: tuple[asyncio.Server, int]
+) -> None:
+    """The broker going away during a file-only change is no reason to revert it."""
+    server, port = listener
+
+    class BrokerGoesAway(TextFile):
+        async def apply(self, current: str | None, target: str | None) -> None:
+            await super().apply(current, target)
+            server.close()
+            await server.wait_closed()
+
+    probe = TcpProbe("127.0.0.1", port, timeout=0.2)
+    plan = await make_plan([BrokerGoesAway(tmp_path / "a", "new")])
+    outcome = await apply_plan(plan, services=NoServices(), probes=[probe], rollback_window=0.3)
+    assert outcome.state == "converged" and outcome.checks == []
+
+
 async def test_kept_probe_is_reported_as_a_check(
     tmp_path: Path, listener: tuple[asyncio.Server, int]
 ) -> None:
     _, port = listener
-    plan = await make_plan([TextFile(tmp_path / "a", "new")])
+    plan = await make_plan([NetworkFile(tmp_path / "a", "new")])
     outcome = await apply_plan(plan, services=NoServices(), probes=[TcpProbe("127.0.0.1", port)])
     assert outcome.state == "converged"
     assert [(c.name, c.ok) for c in outcome.checks] == [(f"probe tcp 127.0.0.1:{port}", True)]

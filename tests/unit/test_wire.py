@@ -72,7 +72,7 @@ def test_the_agent_builds_what_the_fleet_parses_and_clips_what_it_echoes() -> No
     assert len(wire) < MAX_STATUS_BYTES
     again = parse_status(wire, host="h1")
     assert again.error is not None and again.error.field == "version"
-    assert len(again.error.message) == MAX_TEXT and len(again.changes) == 200
+    assert len(again.error.message) <= MAX_TEXT and len(again.changes) == 200
     assert "drift" not in huge and huge["error"]["code"] == "stale"
 
 
