@@ -128,7 +128,7 @@ def status_document(
         "drift": None if drift is None else _changes(drift),
     }
     if warnings:
-        data["warnings"] = [_clip(w) for w in warnings[:MAX_ITEMS]]
+        data["warnings"] = tuple(_clip(w) for w in warnings[:MAX_ITEMS])
     _fit(data)
     for name in ("changes", "checks", "drift"):
         if data[name] is not None:
@@ -137,6 +137,7 @@ def status_document(
         return StatusDocument.model_validate(data).to_json()
     except ValidationError as exc:  # e.g. a version beyond MAX_VERSION: say so, never raise
         log.error("status not representable: %s", exc)
+        data.pop("warnings", None)
         data |= {
             "state": "failed",
             "applied": {"roles": {}, "host": None},

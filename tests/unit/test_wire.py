@@ -149,3 +149,14 @@ def test_the_wire_knows_every_plan_action() -> None:
 
     wire = get_args(ChangeItem.model_fields["action"].annotation)
     assert set(wire) == set(get_args(Action))
+
+
+def test_warnings_reach_the_wire_and_parse_back() -> None:
+    from bootstrap.agent.status import status_document
+
+    doc = status_document(
+        host="h1", state="converged", applied={"roles": {"kvm": 1}}, warnings=["no trusted keys"]
+    )
+    assert doc["warnings"] == ["no trusted keys"] and doc["state"] == "converged"
+    assert parse_status(json.dumps(doc).encode(), host="h1").warnings == ("no trusted keys",)
+    assert "warnings" not in status_document(host="h1", state="converged", applied={})
