@@ -146,12 +146,21 @@ def test_one_error_tree_and_every_message_is_clipped() -> None:
 def test_a_replay_status_is_not_a_rollout_failure() -> None:
     """The rollout judges a host whose last word is ``stale`` by what it runs."""
     from bootstrap.fleet.waves import judge
+    from bootstrap.wire.status import parse_status
 
-    stale = {
-        "state": "stale",
-        "applied": {"roles": {"kvm": 7}, "host": None},
-        "checks": [],
-        "error": {"code": "stale", "field": "version", "message": "replay"},
-    }
+    stale = parse_status(
+        json.dumps(
+            {
+                "apiVersion": "cloudstack-bootstrap/v1",
+                "host": "h1",
+                "state": "stale",
+                "applied": {"roles": {"kvm": 7}, "host": None},
+                "checks": [],
+                "error": {"code": "stale", "field": "version", "message": "replay"},
+                "at": "2026-12-03T10:00:00.000Z",
+            }
+        ).encode(),
+        host="h1",
+    )
     assert judge(stale, role="kvm", version=7, fresh=True) == ("succeeded", "converged")
     assert judge(stale, role="kvm", version=8, fresh=True)[0] is None  # still waiting for v8

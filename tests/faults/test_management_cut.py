@@ -31,7 +31,7 @@ HOSTS = {"m1.lab": "192.168.42.11/24", "m2.lab": "192.168.42.12/24"}
 NETWORK = {
     "backend": "openvswitch",
     "uplink": "eth0",
-    "bridges": [{"name": "cloudbr0", "vlan": 200, "traffic": ["public", "private", "guest"]}],
+    "bridges": [{"name": "cloudbr0", "vlan": 200, "traffic": ["public", "guest"]}],
     "openvswitch": {"datapath": "netdev"},
 }
 
