@@ -11,10 +11,7 @@ then sits on a VLAN sub-interface (which needs 8021q).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,29 +22,11 @@ from simulator.ovs import OvsDaemons
 __all__ = ["SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
 
 SWITCH_BRIDGE = "tor"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-@contextlib.contextmanager
-def in_netns(ns: Namespace) -> Iterator[None]:
-    """This *thread* inside ``ns`` for the block; thread-safe, unlike a shared ns stack.
-
-    Hosts come up in a thread pool, so each thread saves and restores its own namespace.
-    """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(ns.path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns.name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
+def in_netns(ns: Namespace) -> contextlib.AbstractContextManager[None]:
+    """This *thread* inside ``ns`` for the block (see :meth:`Namespace.inside`)."""
+    return ns.inside()
 
 
 def no_offload(ns: Namespace, ifname: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
@@ -21,6 +22,8 @@ from pyroute2 import IPRoute, netns
 
 NETNS_DIR = Path("/var/run/netns")
 PREFIX = "csb"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def new_run_id() -> str:
@@ -38,12 +41,23 @@ class Namespace:
 
     @classmethod
     def create(cls, name: str) -> Namespace:
-        netns.create(name)
-        ns = cls(name)
-        with ns.iproute() as ipr:  # loopback up, as every host expects
-            (lo,) = ipr.link_lookup(ifname="lo")
-            ipr.link("set", index=lo, state="up")
-        return ns
+        """Make the namespace from this thread (``unshare`` + bind mount, as ``ip netns
+        add`` does), not from a forked child: hosts come up in parallel threads."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"unshare for {name}")
+            try:
+                netns.attach(name, "thread-self")
+                with IPRoute() as ipr:  # loopback up, as every host expects
+                    (lo,) = ipr.link_lookup(ifname="lo")
+                    ipr.link("set", index=lo, state="up")
+            finally:
+                if _libc.setns(own, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back")
+        finally:
+            os.close(own)
+        return cls(name)
 
     @property
     def path(self) -> Path:
@@ -53,8 +67,27 @@ class Namespace:
         return self.path.exists()
 
     def iproute(self) -> IPRoute:
-        """A netlink socket inside the namespace."""
-        return IPRoute(netns=self.name)
+        """A netlink socket inside the namespace (made by this thread inside it: no fork)."""
+        with self.inside():
+            return IPRoute()
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """This *thread* inside the namespace for the block; thread-safe (each thread saves
+        and restores its own namespace). Sockets made in the block stay in the namespace."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(self.path, os.O_RDONLY)
+        try:
+            if _libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {self.name}")
+            try:
+                yield
+            finally:
+                if _libc.setns(own, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back")
+        finally:
+            os.close(own)
+            os.close(target)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside the namespace.

@@ -7,12 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from bootstrap.errors import BootstrapError, InvalidDocument
-from bootstrap.files import atomic_write
-from bootstrap.model.document import parse_document
-from bootstrap.model.signing import load_private_key, private_key_bytes, public_key_text, sign
 
 
 def _error(exc: BootstrapError) -> int:
@@ -70,6 +65,11 @@ def cmd_firstboot(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bootstrap.files import atomic_write
+    from bootstrap.model.signing import private_key_bytes, public_key_text
+
     out = Path(args.out)
     if out.exists() and not args.force:
         print(f"csboot: error: {out} exists (use --force to replace it)", file=sys.stderr)
@@ -86,6 +86,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from bootstrap.model.document import parse_document
+    from bootstrap.model.signing import load_private_key, sign
+
     try:
         key = load_private_key(Path(args.key).read_bytes())
         raw = sys.stdin.buffer.read() if args.document == "-" else Path(args.document).read_bytes()

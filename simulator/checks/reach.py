@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from simulator.checks import CheckResult, Row, gather_limited, ping
+from simulator.checks import CheckResult, Row
+from simulator.checks.prober import IcmpProbe, ping_all
 from simulator.hosts import Guest, SimHost
 from simulator.namespaces import Namespace
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["PROBE_NET", "attach_guests", "check_reach"]
 
 PROBE_NET = ipaddress.IPv4Network("172.31.0.0/16")
+EXPECTED_DEADLINE = 15.0  # seconds an expected path may take to answer
+LEAK_DEADLINE = 2.5  # seconds a forbidden path is given to answer (ARP retries at 1 s)
 
 
 def guest_addresses(
@@ -80,59 +83,55 @@ class _Ping:
 
 
 def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], list[Row]]:
-    """Every ping to send (and rows for guests that could not even be attached)."""
+    """Every ping to send (and rows for guests that could not even be attached).
+
+    Reach is proven for *every* pair of hosts on every VLAN: one echo round trip proves
+    both directions, so each unordered pair is pinged once per address (management; the
+    VLAN's own subnet one way, the shared subnet the other). The shared-subnet pings that
+    must *not* reach go between the ``peers`` (all up to 8 hosts, a ring beyond).
+    """
     pings: list[_Ping] = []
     rows: list[Row] = []
     broker = str(sim.net.broker.address.ip)
     for host in sim.hosts.values():
-        pings.append(
-            _Ping(
-                host.ns,
-                broker,
-                f"{host.name} -> broker {broker} (mgmt)",
-                True,
-                (host.name,),
-                "broker",
-            )
-        )
-    pairs = sim.layout.peers()
+        subject = f"{host.name} -> broker {broker} (mgmt)"
+        pings.append(_Ping(host.ns, broker, subject, True, (host.name,), "broker"))
+    hosts = sim.layout.hosts
+    pairs = [(a, b) for i, a in enumerate(hosts) for b in hosts[i + 1 :]]
     for a, b in pairs:
-        pings.append(
-            _Ping(
-                sim.hosts[a.name].ns,
-                str(b.mgmt.ip),
-                f"{a.name} -> {b.name} mgmt",
-                True,
-                (a.name, b.name),
-                "mgmt",
-            )
-        )
+        subject = f"{a.name} -> {b.name} mgmt"
+        ns = sim.hosts[a.name].ns
+        pings.append(_Ping(ns, str(b.mgmt.ip), subject, True, (a.name, b.name), "mgmt"))
     for vlan in sim.layout.reach_vlans():
         group = f"vlan {vlan}"
         for a, b in pairs:
             both = (a.name, b.name)
-            subject = f"{a.name} -> {b.name} vlan {vlan}"
             rows += [
-                Row(subject, False, problems[(n, vlan)], (n,), group)
+                Row(f"{a.name} -> {b.name} vlan {vlan}", False, problems[(n, vlan)], (n,), group)
                 for n in both
                 if (n, vlan) in problems
             ]
             ga, gb = sim.hosts[a.name].guests.get(vlan), sim.hosts[b.name].guests.get(vlan)
             if ga is None or gb is None:
                 continue
+            subject = f"{a.name} -> {b.name} vlan {vlan}"
             pings.append(_Ping(ga.ns, str(gb.address.ip), subject, True, both, group))
-            pings.append(
-                _Ping(ga.ns, str(gb.probe.ip), f"{subject} (shared subnet)", True, both, group)
-            )
+            subject = f"{b.name} -> {a.name} vlan {vlan} (shared subnet)"
+            pings.append(_Ping(gb.ns, str(ga.probe.ip), subject, True, both, group))
+        for a, b in sim.layout.peers():
+            ga = sim.hosts[a.name].guests.get(vlan)
+            if ga is None:
+                continue
             for w, gw in sim.hosts[b.name].guests.items():
                 if w != vlan:
+                    subject = f"{a.name} vlan {vlan} -/-> {b.name} vlan {w} (same subnet)"
                     pings.append(
                         _Ping(
                             ga.ns,
                             str(gw.probe.ip),
-                            f"{a.name} vlan {vlan} -/-> {b.name} vlan {w} (same subnet)",
+                            subject,
                             False,
-                            both,
+                            (a.name, b.name),
                             f"isolation {vlan}",
                         )
                     )
@@ -142,20 +141,11 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
 async def check_reach(sim: Sim) -> CheckResult:
     problems = await asyncio.to_thread(attach_guests, sim)  # pyroute2's sync API
     pings, rows = _plan(sim, problems)
-    answers = await gather_limited(
-        [ping(p.ns, p.address, deadline=5.0 if p.expect else 1.5) for p in pings], limit=24
-    )
-    # A loaded machine (100 hosts on 2 cores) drops the odd first attempt: expected paths
-    # that failed get one slower second chance; a real fault fails both times. A reply
-    # where none is allowed is never retried: one leak is a leak.
-    again = [
-        i for i, (p, got) in enumerate(zip(pings, answers, strict=True)) if p.expect and not got
-    ]
-    retried = await gather_limited(
-        [ping(pings[i].ns, pings[i].address, deadline=10.0) for i in again], limit=8
-    )
-    for i, got in zip(again, retried, strict=True):
-        answers[i] = got
+    # An expected path keeps asking for EXPECTED_DEADLINE (a loaded machine answers late;
+    # a real fault fails anyway); a reply where none is allowed fails at once: one leak is
+    # a leak, and LEAK_DEADLINE covers the ARP retries that would find it.
+    deadline = {True: EXPECTED_DEADLINE, False: LEAK_DEADLINE}
+    answers = await ping_all([IcmpProbe(p.ns, p.address, deadline[p.expect]) for p in pings])
     for p, got in zip(pings, answers, strict=True):
         detail = ("reaches" if got else "no reply") + ("" if got == p.expect else " (unexpected)")
         rows.append(Row(p.subject, got == p.expect, detail, p.hosts, p.group))
