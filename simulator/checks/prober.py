@@ -11,6 +11,13 @@ sequence). Like ``ping -c 1 -w DEADLINE``, a probe resends every ``INTERVAL`` un
 first reply or its deadline, so a slow ARP on a busy machine costs time, not a false
 failure. TCP probes are non-blocking ``connect`` calls from sockets made inside the source
 namespace.
+
+The kernel's ARP table is one table for every namespace of the machine, and it refuses
+new entries beyond ``gc_thresh3`` (1024 here) until entries are 5 s old: 100 hosts
+pinging every pair would overflow it in a moment (and starve every other user of the
+machine). So every ping that makes entries deletes them when it is done (the source's
+entry for the target, the target's for the source), and at most ``NEIGH_BUDGET`` entries
+are in use at once: ARP still resolves every pair, but the table never fills.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from typing import TypeVar
 from simulator.fabric import in_netns
 from simulator.namespaces import Namespace
 
-__all__ = ["IcmpProbe", "TcpProbe", "in_namespace", "ping_all", "tcp_all"]
+__all__ = ["Forget", "IcmpProbe", "TcpProbe", "in_namespace", "ping_all", "tcp_all"]
 
 T = TypeVar("T")
 INTERVAL = 0.25
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
+NEIGH_BUDGET = 480  # neighbour entries our pings may hold at once (two per ping)
+RTM_DELNEIGH, NLM_F_REQUEST, NDA_DST = 29, 1, 1
 _POOL = ThreadPoolExecutor(4, thread_name_prefix="netns")
 
 
@@ -48,10 +57,21 @@ async def in_namespace(ns: Namespace, make: Callable[[], T]) -> T:
 
 
 @dataclass(frozen=True, slots=True)
+class Forget:
+    """The neighbour entries one ping makes, deleted once it is answered (or given up)."""
+
+    ifindex: int  # the source's interface towards ``address``
+    peer_ns: Namespace  # the target, which learnt the source from its ARP request
+    peer_ifindex: int
+    source: str  # the source address the target saw
+
+
+@dataclass(frozen=True, slots=True)
 class IcmpProbe:
     ns: Namespace  # where the echo request leaves from
     address: str
     deadline: float  # seconds
+    forget: Forget | None = None  # None: entries that were there before (the broker's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +123,50 @@ class _Pinger:
                 fut.set_result(True)
 
 
+def _netlink() -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    s.setblocking(False)
+    return s
+
+
+def _delneigh(ifindex: int, address: str) -> bytes:
+    """RTM_DELNEIGH for ``address`` on ``ifindex`` (errors, e.g. already gone, ignored)."""
+    body = struct.pack("=BBHiHBB", socket.AF_INET, 0, 0, ifindex, 0, 0, 0)
+    attr = struct.pack("=HH", 8, NDA_DST) + socket.inet_aton(address)
+    return struct.pack("=IHHII", 16 + len(body) + len(attr), RTM_DELNEIGH, NLM_F_REQUEST, 0, 0) + (
+        body + attr
+    )
+
+
+class _Neighbours:
+    """One rtnetlink socket per namespace, to delete the entries our pings made."""
+
+    def __init__(self) -> None:
+        self.socks: dict[str, socket.socket] = {}
+
+    async def open(self, ns: Namespace) -> None:
+        if ns.name not in self.socks:
+            sock = await in_namespace(ns, _netlink)
+            asyncio.get_running_loop().add_reader(sock.fileno(), _drain, sock)
+            self.socks[ns.name] = sock
+
+    def forget(self, ns: Namespace, ifindex: int, address: str) -> None:
+        with contextlib.suppress(OSError):
+            self.socks[ns.name].send(_delneigh(ifindex, address))
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self.socks.values():
+            loop.remove_reader(sock.fileno())
+            sock.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while sock.recv(65536):
+            pass
+
+
 def _raw_icmp() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -110,15 +174,20 @@ def _raw_icmp() -> socket.socket:
     return s
 
 
-async def ping_all(probes: Sequence[IcmpProbe], *, limit: int = 2048) -> list[bool]:
-    """Every probe at once (at most ``limit`` in flight): True where a reply came back."""
+async def ping_all(probes: Sequence[IcmpProbe], *, limit: int = NEIGH_BUDGET // 2) -> list[bool]:
+    """Every probe, ``limit`` in flight at a time: True where a reply came back."""
     loop = asyncio.get_running_loop()
     pingers: dict[str, _Pinger] = {}
+    neighbours = _Neighbours()
     for ns in {p.ns.name: p.ns for p in probes}.values():
         sock = await in_namespace(ns, _raw_icmp)
         pinger = _Pinger(sock, int.from_bytes(os.urandom(2), "big"))
         loop.add_reader(sock.fileno(), pinger.readable)
         pingers[ns.name] = pinger
+    for p in probes:
+        if p.forget is not None:
+            await neighbours.open(p.ns)
+            await neighbours.open(p.forget.peer_ns)
     sem = asyncio.Semaphore(limit)
 
     async def one(p: IcmpProbe) -> bool:
@@ -138,10 +207,14 @@ async def ping_all(probes: Sequence[IcmpProbe], *, limit: int = 2048) -> list[bo
                 return False
             finally:
                 pinger.waiting.pop((p.address, seq), None)
+                if (f := p.forget) is not None:
+                    neighbours.forget(p.ns, f.ifindex, p.address)
+                    neighbours.forget(f.peer_ns, f.peer_ifindex, f.source)
 
     try:
         return list(await asyncio.gather(*(one(p) for p in probes)))
     finally:
+        neighbours.close()
         for pinger in pingers.values():
             loop.remove_reader(pinger.sock.fileno())
             pinger.sock.close()

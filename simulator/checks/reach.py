@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from simulator.checks import CheckResult, Row
-from simulator.checks.prober import IcmpProbe, ping_all
+from simulator.checks.prober import Forget, IcmpProbe, ping_all
 from simulator.hosts import Guest, SimHost
 from simulator.namespaces import Namespace
 
@@ -80,6 +80,31 @@ class _Ping:
     expect: bool
     hosts: tuple[str, ...]
     group: str
+    source: str = ""  # the source address, when the ping's neighbour entries are forgotten
+    peer: Namespace | None = None  # the namespace holding ``address``
+
+
+def _addresses(ns: Namespace) -> dict[str, int]:
+    """IPv4 address -> the index of the interface that holds it, in ``ns``."""
+    with ns.iproute() as ipr:
+        return {str(a.get_attr("IFA_ADDRESS")): int(a["index"]) for a in ipr.get_addr(family=2)}
+
+
+def _probes(pings: list[_Ping]) -> list[IcmpProbe]:
+    """The pings as probes, each forgetting the neighbour entries it makes (see prober)."""
+    spaces = {p.ns.name: p.ns for p in pings} | {p.peer.name: p.peer for p in pings if p.peer}
+    with ThreadPoolExecutor(4) as pool:
+        where = dict(zip(spaces, pool.map(_addresses, spaces.values()), strict=True))
+    deadline = {True: EXPECTED_DEADLINE, False: LEAK_DEADLINE}
+    out = []
+    for p in pings:
+        forget = None
+        if p.peer is not None:
+            src, dst = where[p.ns.name].get(p.source), where[p.peer.name].get(p.address)
+            if src is not None and dst is not None:
+                forget = Forget(src, p.peer, dst, p.source)
+        out.append(IcmpProbe(p.ns, p.address, deadline[p.expect], forget))
+    return out
 
 
 def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], list[Row]]:
@@ -99,9 +124,19 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
     hosts = sim.layout.hosts
     pairs = [(a, b) for i, a in enumerate(hosts) for b in hosts[i + 1 :]]
     for a, b in pairs:
-        subject = f"{a.name} -> {b.name} mgmt"
-        ns = sim.hosts[a.name].ns
-        pings.append(_Ping(ns, str(b.mgmt.ip), subject, True, (a.name, b.name), "mgmt"))
+        ha, hb = sim.hosts[a.name], sim.hosts[b.name]
+        pings.append(
+            _Ping(
+                ha.ns,
+                str(b.mgmt.ip),
+                f"{a.name} -> {b.name} mgmt",
+                True,
+                (a.name, b.name),
+                "mgmt",
+                str(a.mgmt.ip),
+                hb.ns,
+            )
+        )
     for vlan in sim.layout.reach_vlans():
         group = f"vlan {vlan}"
         for a, b in pairs:
@@ -115,9 +150,22 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
             if ga is None or gb is None:
                 continue
             subject = f"{a.name} -> {b.name} vlan {vlan}"
-            pings.append(_Ping(ga.ns, str(gb.address.ip), subject, True, both, group))
+            pings.append(
+                _Ping(
+                    ga.ns,
+                    str(gb.address.ip),
+                    subject,
+                    True,
+                    both,
+                    group,
+                    str(ga.address.ip),
+                    gb.ns,
+                )
+            )
             subject = f"{b.name} -> {a.name} vlan {vlan} (shared subnet)"
-            pings.append(_Ping(gb.ns, str(ga.probe.ip), subject, True, both, group))
+            pings.append(
+                _Ping(gb.ns, str(ga.probe.ip), subject, True, both, group, str(gb.probe.ip), ga.ns)
+            )
         for a, b in sim.layout.peers():
             ga = sim.hosts[a.name].guests.get(vlan)
             if ga is None:
@@ -133,6 +181,8 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
                             False,
                             (a.name, b.name),
                             f"isolation {vlan}",
+                            str(ga.probe.ip),
+                            gw.ns,
                         )
                     )
     return pings, rows
@@ -144,8 +194,11 @@ async def check_reach(sim: Sim) -> CheckResult:
     # An expected path keeps asking for EXPECTED_DEADLINE (a loaded machine answers late;
     # a real fault fails anyway); a reply where none is allowed fails at once: one leak is
     # a leak, and LEAK_DEADLINE covers the ARP retries that would find it.
-    deadline = {True: EXPECTED_DEADLINE, False: LEAK_DEADLINE}
-    answers = await ping_all([IcmpProbe(p.ns, p.address, deadline[p.expect]) for p in pings])
+    order = sorted(range(len(pings)), key=lambda i: pings[i].expect)  # leaks first: they wait
+    probes = await asyncio.to_thread(_probes, [pings[i] for i in order])
+    answers = [False] * len(pings)
+    for i, got in zip(order, await ping_all(probes), strict=True):
+        answers[i] = got
     for p, got in zip(pings, answers, strict=True):
         detail = ("reaches" if got else "no reply") + ("" if got == p.expect else " (unexpected)")
         rows.append(Row(p.subject, got == p.expect, detail, p.hosts, p.group))
