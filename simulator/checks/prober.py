@@ -17,7 +17,8 @@ new entries beyond ``gc_thresh3`` (1024 here) until entries are 5 s old: 100 hos
 pinging every pair would overflow it in a moment (and starve every other user of the
 machine). So every ping that makes entries deletes them when it is done (the source's
 entry for the target, the target's for the source), and at most ``NEIGH_BUDGET`` entries
-are in use at once: ARP still resolves every pair, but the table never fills.
+are in use at once. Permanent entries do not count against the limit: a check that pings
+many pairs can install them (``set_neighbours``) and remove them afterwards.
 """
 
 from __future__ import annotations
@@ -36,13 +37,24 @@ from typing import TypeVar
 from simulator.fabric import in_netns
 from simulator.namespaces import Namespace
 
-__all__ = ["Forget", "IcmpProbe", "TcpProbe", "in_namespace", "ping_all", "tcp_all"]
+__all__ = [
+    "Forget",
+    "IcmpProbe",
+    "Neighbour",
+    "TcpProbe",
+    "in_namespace",
+    "ping_all",
+    "set_neighbours",
+    "tcp_all",
+]
 
 T = TypeVar("T")
 INTERVAL = 0.25
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
-NEIGH_BUDGET = 480  # neighbour entries our pings may hold at once (two per ping)
-RTM_DELNEIGH, NLM_F_REQUEST, NDA_DST = 29, 1, 1
+NEIGH_BUDGET = 240  # dynamic neighbour entries our pings may hold at once (two per ping)
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+NLM_F_REQUEST, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x100, 0x400
+NDA_DST, NDA_LLADDR, NUD_PERMANENT = 1, 2, 0x80
 _POOL = ThreadPoolExecutor(4, thread_name_prefix="netns")
 
 
@@ -129,13 +141,63 @@ def _netlink() -> socket.socket:
     return s
 
 
+def _neigh(kind: int, ifindex: int, address: str, mac: str | None = None) -> bytes:
+    """One RTM_NEWNEIGH (permanent, with ``mac``) or RTM_DELNEIGH message. No ACK is asked
+    for; errors (an entry already gone) come back unread and are dropped with the socket."""
+    state, flags = (NUD_PERMANENT, NLM_F_CREATE | NLM_F_REPLACE) if mac else (0, 0)
+    body = struct.pack("=BBHiHBB", socket.AF_INET, 0, 0, ifindex, state, 0, 0)
+    body += struct.pack("=HH", 8, NDA_DST) + socket.inet_aton(address)
+    if mac is not None:
+        body += struct.pack("=HH", 10, NDA_LLADDR) + bytes.fromhex(mac.replace(":", "")) + b"\0\0"
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | flags, 0, 0) + body
+
+
 def _delneigh(ifindex: int, address: str) -> bytes:
-    """RTM_DELNEIGH for ``address`` on ``ifindex`` (errors, e.g. already gone, ignored)."""
-    body = struct.pack("=BBHiHBB", socket.AF_INET, 0, 0, ifindex, 0, 0, 0)
-    attr = struct.pack("=HH", 8, NDA_DST) + socket.inet_aton(address)
-    return struct.pack("=IHHII", 16 + len(body) + len(attr), RTM_DELNEIGH, NLM_F_REQUEST, 0, 0) + (
-        body + attr
-    )
+    return _neigh(RTM_DELNEIGH, ifindex, address)
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """A neighbour entry: ``address`` is at ``mac`` behind interface ``ifindex`` of ``ns``."""
+
+    ns: Namespace
+    ifindex: int
+    address: str
+    mac: str
+
+
+async def set_neighbours(entries: Sequence[Neighbour], *, present: bool) -> None:
+    """Add (permanent) or delete neighbour entries: one batch of messages per namespace."""
+    by_ns: dict[str, list[Neighbour]] = {}
+    for e in entries:
+        by_ns.setdefault(e.ns.name, []).append(e)
+    for group in by_ns.values():
+        sock = await in_namespace(group[0].ns, _netlink)
+        try:
+            batch = b""
+            for e in group:
+                if present:
+                    batch += _neigh(RTM_NEWNEIGH, e.ifindex, e.address, e.mac)
+                else:
+                    batch += _neigh(RTM_DELNEIGH, e.ifindex, e.address)
+                if len(batch) > 32768:
+                    await _send(sock, batch)
+                    batch = b""
+            if batch:
+                await _send(sock, batch)
+        finally:
+            sock.close()
+
+
+async def _send(sock: socket.socket, data: bytes) -> None:
+    """Send on a non-blocking netlink socket, draining the kernel's answers when it is full."""
+    while True:
+        try:
+            sock.send(data)
+            return
+        except BlockingIOError:
+            _drain(sock)
+            await asyncio.sleep(0)
 
 
 class _Neighbours:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from simulator.checks import CheckResult, Row
-from simulator.checks.prober import Forget, IcmpProbe, ping_all
+from simulator.checks.prober import Forget, IcmpProbe, Neighbour, ping_all, set_neighbours
 from simulator.hosts import Guest, SimHost
 from simulator.namespaces import Namespace
 
@@ -82,29 +82,39 @@ class _Ping:
     group: str
     source: str = ""  # the source address, when the ping's neighbour entries are forgotten
     peer: Namespace | None = None  # the namespace holding ``address``
+    arp: bool = True  # resolved by ARP; else over neighbour entries installed for the check
 
 
-def _addresses(ns: Namespace) -> dict[str, int]:
-    """IPv4 address -> the index of the interface that holds it, in ``ns``."""
+def _addresses(ns: Namespace) -> dict[str, tuple[int, str]]:
+    """IPv4 address -> (index, MAC) of the interface that holds it, in ``ns``."""
     with ns.iproute() as ipr:
-        return {str(a.get_attr("IFA_ADDRESS")): int(a["index"]) for a in ipr.get_addr(family=2)}
+        macs = {int(li["index"]): str(li.get_attr("IFLA_ADDRESS")) for li in ipr.get_links()}
+        return {
+            str(a.get_attr("IFA_ADDRESS")): (int(a["index"]), macs.get(int(a["index"]), ""))
+            for a in ipr.get_addr(family=2)
+        }
 
 
-def _probes(pings: list[_Ping]) -> list[IcmpProbe]:
-    """The pings as probes, each forgetting the neighbour entries it makes (see prober)."""
+def _probes(pings: list[_Ping]) -> tuple[list[IcmpProbe], list[Neighbour]]:
+    """The pings as probes: an ARP ping forgets the entries it makes (see prober); the
+    others need the permanent entries returned (both ways), to be installed first."""
     spaces = {p.ns.name: p.ns for p in pings} | {p.peer.name: p.peer for p in pings if p.peer}
     with ThreadPoolExecutor(4) as pool:
         where = dict(zip(spaces, pool.map(_addresses, spaces.values()), strict=True))
     deadline = {True: EXPECTED_DEADLINE, False: LEAK_DEADLINE}
-    out = []
+    out, static = [], []
     for p in pings:
         forget = None
         if p.peer is not None:
             src, dst = where[p.ns.name].get(p.source), where[p.peer.name].get(p.address)
             if src is not None and dst is not None:
-                forget = Forget(src, p.peer, dst, p.source)
+                if p.arp:
+                    forget = Forget(src[0], p.peer, dst[0], p.source)
+                else:
+                    static.append(Neighbour(p.ns, src[0], p.address, dst[1]))
+                    static.append(Neighbour(p.peer, dst[0], p.source, src[1]))
         out.append(IcmpProbe(p.ns, p.address, deadline[p.expect], forget))
-    return out
+    return out, static
 
 
 def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], list[Row]]:
@@ -113,7 +123,10 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
     Reach is proven for *every* pair of hosts on every VLAN: one echo round trip proves
     both directions, so each unordered pair is pinged once per address (management; the
     VLAN's own subnet one way, the shared subnet the other). The shared-subnet pings that
-    must *not* reach go between the ``peers`` (all up to 8 hosts, a ring beyond).
+    must *not* reach go between the ``peers`` (all up to 8 hosts, a ring beyond). An
+    expected path keeps asking for EXPECTED_DEADLINE (a loaded machine answers late; a real
+    fault fails anyway); a reply where none is allowed fails at once: one leak is a leak,
+    and LEAK_DEADLINE covers the ARP retries that would find it.
     """
     pings: list[_Ping] = []
     rows: list[Row] = []
@@ -123,6 +136,9 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
         pings.append(_Ping(host.ns, broker, subject, True, (host.name,), "broker"))
     hosts = sim.layout.hosts
     pairs = [(a, b) for i, a in enumerate(hosts) for b in hosts[i + 1 :]]
+    n = len(hosts)
+    ring = {(hosts[i].name, hosts[(i + 1) % n].name) for i in range(n)}
+    arp = {frozenset(p) for p in ring}  # these pairs resolve by ARP; see check_reach
     for a, b in pairs:
         ha, hb = sim.hosts[a.name], sim.hosts[b.name]
         pings.append(
@@ -135,6 +151,7 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
                 "mgmt",
                 str(a.mgmt.ip),
                 hb.ns,
+                frozenset((a.name, b.name)) in arp,
             )
         )
     for vlan in sim.layout.reach_vlans():
@@ -149,23 +166,13 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
             ga, gb = sim.hosts[a.name].guests.get(vlan), sim.hosts[b.name].guests.get(vlan)
             if ga is None or gb is None:
                 continue
+            by_arp = frozenset(both) in arp
             subject = f"{a.name} -> {b.name} vlan {vlan}"
-            pings.append(
-                _Ping(
-                    ga.ns,
-                    str(gb.address.ip),
-                    subject,
-                    True,
-                    both,
-                    group,
-                    str(ga.address.ip),
-                    gb.ns,
-                )
-            )
+            src, dst = str(ga.address.ip), str(gb.address.ip)
+            pings.append(_Ping(ga.ns, dst, subject, True, both, group, src, gb.ns, by_arp))
             subject = f"{b.name} -> {a.name} vlan {vlan} (shared subnet)"
-            pings.append(
-                _Ping(gb.ns, str(ga.probe.ip), subject, True, both, group, str(gb.probe.ip), ga.ns)
-            )
+            src, dst = str(gb.probe.ip), str(ga.probe.ip)
+            pings.append(_Ping(gb.ns, dst, subject, True, both, group, src, ga.ns, by_arp))
         for a, b in sim.layout.peers():
             ga = sim.hosts[a.name].guests.get(vlan)
             if ga is None:
@@ -189,16 +196,26 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
 
 
 async def check_reach(sim: Sim) -> CheckResult:
+    """Two rounds. First the pings that resolve by ARP: to the broker, between neighbours
+    on a ring (so every host and guest ARPs and is ARPed on every VLAN) and every ping that
+    must not reach (a leak shows as an ARP answer). Then every other pair, over permanent
+    neighbour entries installed for this round and removed after it: the machine's ARP
+    table holds 1024 dynamic entries for every namespace together (``gc_thresh3``), fewer
+    than 100 hosts' pairs need, and permanent entries do not count."""
     problems = await asyncio.to_thread(attach_guests, sim)  # pyroute2's sync API
     pings, rows = _plan(sim, problems)
-    # An expected path keeps asking for EXPECTED_DEADLINE (a loaded machine answers late;
-    # a real fault fails anyway); a reply where none is allowed fails at once: one leak is
-    # a leak, and LEAK_DEADLINE covers the ARP retries that would find it.
-    order = sorted(range(len(pings)), key=lambda i: pings[i].expect)  # leaks first: they wait
-    probes = await asyncio.to_thread(_probes, [pings[i] for i in order])
     answers = [False] * len(pings)
-    for i, got in zip(order, await ping_all(probes), strict=True):
-        answers[i] = got
+    for by_arp in (True, False):
+        # leaks first: they wait out their deadline while the rest run
+        chosen = [i for i, p in enumerate(pings) if p.arp == by_arp]
+        order = sorted(chosen, key=lambda i: pings[i].expect)
+        probes, static = await asyncio.to_thread(_probes, [pings[i] for i in order])
+        await set_neighbours(static, present=True)
+        try:
+            for i, got in zip(order, await ping_all(probes), strict=True):
+                answers[i] = got
+        finally:
+            await set_neighbours(static, present=False)
     for p, got in zip(pings, answers, strict=True):
         detail = ("reaches" if got else "no reply") + ("" if got == p.expect else " (unexpected)")
         rows.append(Row(p.subject, got == p.expect, detail, p.hosts, p.group))
