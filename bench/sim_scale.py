@@ -41,17 +41,59 @@ def sized(net: str, hosts: int | None) -> str:
     return path
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_by_part(fleet: Sim) -> dict[str, float]:
+    """CPU seconds used so far by the fleet's parts: agents, host OVS daemons, the switch,
+    the broker, and this process (the simulator: publishing, waiting, probing)."""
+    parts = {"agents": 0.0, "host ovs": 0.0, "switch": 0.0, "broker": 0.0}
+    for host in fleet.hosts.values():
+        if host.agent is not None:
+            parts["agents"] += _cpu(host.agent.pid)
+        if host.ovs is not None:
+            parts["host ovs"] += sum(_cpu(p.pid) for p in host.ovs._procs.values())
+    if fleet.fabric is not None and fleet.fabric.ovs is not None:
+        parts["switch"] = sum(_cpu(p.pid) for p in fleet.fabric.ovs._procs.values())
+    if fleet.broker is not None and fleet.broker.mosquitto is not None:
+        proc = fleet.broker.mosquitto.process
+        parts["broker"] = _cpu(proc.pid) if proc is not None else 0.0
+    parts["simulator"] = _cpu(os.getpid())
+    return parts
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+
+
 def run(net: str) -> dict[str, Any]:
-    """Up, rollout, every check, down: the summary (seconds per phase, checks, ok)."""
+    """Up, rollout, every check, down: the summary (seconds per phase, checks, ok) and
+    the CPU seconds each part of the fleet used per phase (where the time goes)."""
     t0 = time.monotonic()
     fleet = Sim.up(net)
     up = time.monotonic() - t0
     results = []
+    cpu: dict[str, dict[str, float]] = {}
     try:
+        c0 = cpu_by_part(fleet)
+        cpu["up"] = _delta(c0, {})
         rows = fleet.rollout()
+        c1 = cpu_by_part(fleet)
+        cpu["rollout"] = _delta(c1, c0)
         converged = sum(r.ok for r in rows)
         if converged == len(rows):
             results = fleet.check()
+            cpu["check"] = _delta(cpu_by_part(fleet), c1)
+        slowest = sorted(r.seconds for r in rows)
     finally:
         fleet.down()
     total = time.monotonic() - t0
@@ -64,6 +106,12 @@ def run(net: str) -> dict[str, Any]:
         "converged": converged,
         "checks": {r.name: {"ok": r.ok, "rows": len(r.rows), "hosts": r.hosts} for r in results},
         "seconds": {k: round(v, 1) for k, v in phases.items()},
+        "cpu": cpu,
+        "converged_at": {
+            "median": slowest[len(slowest) // 2] if slowest else None,
+            "p90": slowest[int(len(slowest) * 0.9)] if slowest else None,
+            "last": slowest[-1] if slowest else None,
+        },
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "ok": ok,
@@ -99,6 +147,8 @@ def main() -> int:
             f"{c['rows']} rows",
         )
     Console().print(t)
+    print("CPU seconds per phase:", json.dumps(summary["cpu"]))
+    print("host converged after (s):", json.dumps(summary["converged_at"]))
     for what, n in summary["failed"]:
         print(f"  {n} host(s) {what}")
     return 0 if summary["ok"] else 1

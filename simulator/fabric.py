@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from simulator.ovs import OvsDaemons
 __all__ = ["SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
 
 SWITCH_BRIDGE = "tor"
+_DEFER_LOCK = threading.Lock()
 
 
 def in_netns(ns: Namespace) -> contextlib.AbstractContextManager[None]:
@@ -58,6 +60,7 @@ class Fabric:
     spec: Switch
     ovs: OvsDaemons | None = None
     ports: list[str] = field(default_factory=list)
+    deferred: list[list[str]] | None = None  # OVS ports waiting for ``commit``
 
     @classmethod
     def build(cls, ns: Namespace, root: Path, spec: Switch) -> Fabric:
@@ -81,12 +84,26 @@ class Fabric:
                 ipr.link("set", index=idx, state="up")
         return fabric
 
+    def defer(self) -> None:
+        """Queue OVS ports from now on; ``commit`` adds them in one transaction (one
+        reconfiguration of the switch instead of one per port: 100 hosts' worth of
+        ``add-port`` each waiting for ovs-vswitchd grew with the square of the ports)."""
+        self.deferred = []
+
+    def commit(self) -> None:
+        pending, self.deferred = self.deferred or [], None
+        if pending and self.ovs is not None:
+            self.ovs.vsctl(*[a for cmd in pending for a in ("--", *cmd)][1:])
+
     def _attach(self, port: str, *ovs_settings: str) -> None:
         no_offload(self.ns, port)
         if self.ovs is not None:
-            self.ovs.vsctl(
-                "add-port", SWITCH_BRIDGE, port, "--", "set", "port", port, *ovs_settings
-            )
+            cmd = ["add-port", SWITCH_BRIDGE, port, "--", "set", "port", port, *ovs_settings]
+            if self.deferred is not None:
+                with _DEFER_LOCK:
+                    self.deferred.append(cmd)
+            else:
+                self.ovs.vsctl(*cmd)
         else:
             with self.ns.iproute() as ipr:
                 (br,) = ipr.link_lookup(ifname=SWITCH_BRIDGE)

@@ -38,6 +38,7 @@ __all__ = ["STATE_DIR", "RolloutRow", "Sim", "SimError", "down_run", "list_runs"
 
 STATE_DIR = Path(os.environ.get("CSBOOT_SIM_STATE", "/run/csboot-sim"))
 UP_WORKERS = 8
+AGENT_GRACE = 3.0  # seconds the agents get to stop before everything else is
 _STATE_LOCK = threading.Lock()
 
 
@@ -139,7 +140,7 @@ class Sim:
         self.broker_ns = self._ns("broker")
         for vlan, addresses in self.layout.routers():  # the broker's namespace routes too
             self.fabric.add_access(self.broker_ns, f"v{vlan}", f"r{vlan}", vlan, addresses)
-        self.broker_ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        self.broker_ns.sysctl("net.ipv4.ip_forward", "1")
         self.broker = start_broker(
             self.broker_ns, self.workdir / "broker", self.net.broker, self.layout
         )
@@ -150,14 +151,29 @@ class Sim:
         for name in names:  # recorded before they exist, so a crash mid-way is cleaned up
             self.namespaces.append(f"{self.run_id}-{name}")
         self.save_state()
+        # namespaces and cables in parallel, every switch port in one transaction, then
+        # each host's OVS daemons, install-time network and agent in parallel
+        self.fabric.defer()
         with ThreadPoolExecutor(UP_WORKERS) as pool:
-            built = list(pool.map(self._build_host, self.layout.hosts))
+            spaces = list(pool.map(self._cable_host, self.layout.hosts))
+        self.fabric.commit()
+        self.timings["cables"] = time.monotonic() - t1
+        with ThreadPoolExecutor(UP_WORKERS) as pool:
+            built = list(pool.map(self._build_host, self.layout.hosts, spaces))
         self.hosts = {h.name: h for h in built}
         self.timings["hosts"] = time.monotonic() - t1
 
-    def _build_host(self, layout: Any) -> SimHost:
-        assert self.fabric is not None and self.broker is not None
+    def _cable_host(self, layout: Any) -> Namespace:
+        assert self.fabric is not None
         ns = Namespace.create(f"{self.run_id}-{layout.name}")
+        try:
+            SimHost.cable(layout, ns, self.fabric)
+        except Exception as exc:
+            raise SimError(f"host {layout.name}: {exc}") from exc
+        return ns
+
+    def _build_host(self, layout: Any, ns: Namespace) -> SimHost:
+        assert self.fabric is not None and self.broker is not None
         try:
             host = SimHost.build(
                 layout,
@@ -165,6 +181,7 @@ class Sim:
                 self.workdir / "hosts" / layout.name,
                 self.fabric,
                 mgmt_vlan=self.layout.mgmt_vlan,
+                cable=False,
             )
             host.start_agent(self.broker.url, self.broker.passwords[layout.name])
         except Exception as exc:
@@ -258,6 +275,15 @@ class Sim:
         """Every process of the run is signalled at once (they all live in its namespaces),
         then the namespaces go; the children's exit statuses are collected after."""
         t0 = time.monotonic()
+        # the agents first, all at once, while their broker still answers: each says
+        # "offline" and exits at once (with the broker gone, saying so takes seconds)
+        agents = [h.agent for h in self.hosts.values() if h.agent and h.agent.poll() is None]
+        for agent in agents:
+            agent.terminate()
+        deadline = time.monotonic() + AGENT_GRACE
+        for agent in agents:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(max(0.0, deadline - time.monotonic()))
         removed = down_run(self.run_id)
         for host in self.hosts.values():
             with contextlib.suppress(Exception):

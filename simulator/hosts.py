@@ -50,6 +50,8 @@ def agent_toml(
         f'prefix = "{PREFIX}"\n'
         f'root = "{root}"\n'
         "rollback_window = 60\n"  # a busy 2-core machine answers probes late
+        # a host comes up before its path to the broker settles: retry soon, not after 1 s
+        "\n[reconnect]\ninitial = 0.2\nmax = 5.0\n"
         "\n[auth]\n"
         f'username = "{host}"\n'
         f'password_file = "{password_file}"\n'
@@ -80,6 +82,16 @@ class SimHost:
     def name(self) -> str:
         return self.layout.name
 
+    @staticmethod
+    def cable(layout: HostLayout, ns: Namespace, fabric: Fabric) -> None:
+        """The host's NICs cabled to their switch ports (which ``fabric`` may defer)."""
+        # libvirt's migration ports sit inside Linux's ephemeral range (32768-60999): keep
+        # outgoing connections (the agent's MQTT session) off them, as a real host must,
+        # or a migration listener (or the ports check's stand-in) cannot bind.
+        ns.sysctl("net.ipv4.ip_local_reserved_ports", RESERVED_PORTS)
+        for nic, port in layout.nics.items():
+            fabric.add_trunk(ns, nic, layout.port_of(nic), port)
+
     @classmethod
     def build(
         cls,
@@ -89,16 +101,14 @@ class SimHost:
         fabric: Fabric,
         *,
         mgmt_vlan: int,
+        cable: bool = True,
     ) -> SimHost:
-        """The install-time host: uplink, management address, route, and OVS if it uses it."""
+        """The install-time host: uplink, management address, route, and OVS if it uses it.
+        ``cable=False``: :meth:`cable` was already called."""
         root.mkdir(parents=True, exist_ok=True)
         host = cls(layout=layout, ns=ns, root=root)
-        # libvirt's migration ports sit inside Linux's ephemeral range (32768-60999): keep
-        # outgoing connections (the agent's MQTT session) off them, as a real host must,
-        # or a migration listener (or the ports check's stand-in) cannot bind.
-        ns.run(["sysctl", "-qw", f"net.ipv4.ip_local_reserved_ports={RESERVED_PORTS}"])
-        for nic, port in layout.nics.items():
-            fabric.add_trunk(ns, nic, layout.port_of(nic), port)
+        if cable:
+            cls.cable(layout, ns, fabric)
         if layout.backend == "openvswitch":
             host.ovs = OvsDaemons(root, ns).start()
         iface = layout.uplink

@@ -118,6 +118,12 @@ class Namespace:
         finally:
             netns.popns()
 
+    def sysctl(self, key: str, value: str) -> None:
+        """``sysctl -w key=value`` in this namespace, without a process: /proc/sys/net is
+        the namespace of the thread that opens it."""
+        with self.inside():
+            Path("/proc/sys", *key.split(".")).write_text(value)
+
     def pids(self) -> list[int]:
         """Processes whose network namespace is this one (by the namespace file's inode)."""
         return _pids_in([self]).get(self.name, [])
