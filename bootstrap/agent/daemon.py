@@ -36,6 +36,7 @@ from bootstrap.model.signing import verify
 from bootstrap.model.spec import Spec
 
 log = logging.getLogger(__name__)
+ROLES_WAIT = 10  # debounces a burst may wait for the roles' documents (see _roles_arrive)
 
 
 class Agent:
@@ -204,9 +205,25 @@ class Agent:
                 return
             self._wake.clear()
 
+    async def _roles_arrive(self) -> None:
+        """A first burst that brought the host overlay before every role's document: wait
+        up to ``ROLES_WAIT`` debounces more for the roles. The broker sends retained
+        documents one by one, and on a loaded machine they can come further apart than one
+        debounce; converging on the overlay alone would fail (and a failed version is not
+        retried). Once the roles are there, or the wait is over, the burst is applied."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROLES_WAIT * self.config.debounce
+        while self.desired.roles_missing() and (left := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+            self._wake.clear()
+
     async def _converge_loop(self) -> None:
         while True:
             await self._debounced()
+            await self._roles_arrive()
             await self._apply_pending()
 
     async def _once(self) -> bool:
