@@ -26,9 +26,10 @@ from bootstrap.agent.session import Session
 from bootstrap.agent.status import State, encode, now, status_document
 from bootstrap.agent.topics import Topics
 from bootstrap.converge import Options, converge, plan_host, recover_host
+from bootstrap.engine.check import Check
 from bootstrap.engine.probe import Probe, TcpProbe
 from bootstrap.engine.resource import Change
-from bootstrap.engine.transaction import Check, Outcome
+from bootstrap.engine.transaction import Outcome
 from bootstrap.errors import BootstrapError, InvalidDocument
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import Document, effective_spec

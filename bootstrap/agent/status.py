@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bootstrap import __version__
+from bootstrap.engine.check import Check
 from bootstrap.engine.resource import Change
-from bootstrap.engine.transaction import Check
 from bootstrap.errors import BootstrapError, StaleDocument
 from bootstrap.model.document import API_VERSION
 
