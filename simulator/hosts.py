@@ -197,8 +197,11 @@ class SimHost:
         bridge: str,
         address: ipaddress.IPv4Interface,
         probe: ipaddress.IPv4Interface,
+        *,
+        ovs_port: bool = True,
     ) -> str | None:
-        """A guest on ``bridge``; None when attached, else why it could not be."""
+        """A guest on ``bridge``; None when attached, else why it could not be.
+        ``ovs_port=False``: the caller adds the OVS port (``add_guest_ports``)."""
         port = f"g{vlan}"
         with self.ns.iproute() as ipr:
             if not ipr.link_lookup(ifname=bridge):
@@ -207,10 +210,11 @@ class SimHost:
         if self.ovs is not None:
             no_offload(self.ns, port)
             no_offload(guest_ns, "eth0")
-            try:
-                self.ovs.vsctl("add-port", bridge, port)
-            except Exception as exc:
-                return f"cannot add {port} to {bridge}: {exc}"
+            if ovs_port:
+                try:
+                    self.ovs.vsctl("add-port", bridge, port)
+                except Exception as exc:
+                    return f"cannot add {port} to {bridge}: {exc}"
         else:
             with self.ns.iproute() as ipr:
                 (br,) = ipr.link_lookup(ifname=bridge)
@@ -222,3 +226,21 @@ class SimHost:
                 ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
         self.guests[vlan] = Guest(guest_ns, vlan, bridge, address, probe)
         return None
+
+    def add_guest_ports(self, vlans: list[int]) -> dict[int, str]:
+        """The OVS ports of guests attached with ``ovs_port=False``, in one transaction
+        (one at a time if it fails, to tell which); the VLANs that failed and why."""
+        if self.ovs is None or not vlans:
+            return {}
+        cmds = [("add-port", self.guests[v].bridge, f"g{v}") for v in vlans]
+        try:
+            self.ovs.vsctl(*[a for cmd in cmds for a in ("--", *cmd)][1:])
+            return {}
+        except Exception:
+            failed = {}
+            for v, cmd in zip(vlans, cmds, strict=True):
+                try:
+                    self.ovs.vsctl("--may-exist", *cmd)
+                except Exception as exc:
+                    failed[v] = f"cannot add {cmd[2]} to {cmd[1]}: {exc}"
+            return failed

@@ -42,6 +42,7 @@ def guest_addresses(
 
 def _attach_host(sim: Sim, host: SimHost) -> dict[tuple[str, int], str]:
     problems: dict[tuple[str, int], str] = {}
+    wired: list[int] = []
     for vlan in sim.layout.reach_vlans():
         bridge = host.layout.bridges.get(vlan)
         if bridge is None or vlan in host.guests:
@@ -57,9 +58,14 @@ def _attach_host(sim: Sim, host: SimHost) -> dict[tuple[str, int], str]:
             gns.remove()  # half-made (that check was interrupted): make it again
         sim.record_namespace(gns.name)
         gns = Namespace.create(gns.name)
-        why = host.attach_guest(gns, vlan, bridge, own, probe)
+        why = host.attach_guest(gns, vlan, bridge, own, probe, ovs_port=False)
         if why is not None:
             problems[(host.name, vlan)] = why
+        else:
+            wired.append(vlan)
+    for vlan, why in host.add_guest_ports(wired).items():  # one OVS transaction per host
+        host.guests.pop(vlan, None)
+        problems[(host.name, vlan)] = why
     return problems
 
 
