@@ -112,6 +112,7 @@ def markdown(rows: list[dict[str, Any]], when: str) -> str:
             f"Ours: {ours['converged']}/{ours['hosts']} converged; {checks}. Mininet's own "
             f"`completed in`: {mn['completed_in']} s.",
             "",
+            *_cpu_table(ours),
         ]
     sizes = [r["hosts"] for r in rows]
     out += ["### Scaling (ours, seconds per phase)", ""]
@@ -122,6 +123,32 @@ def markdown(rows: list[dict[str, Any]], when: str) -> str:
     mns = " | ".join(f"{r['mininet']['seconds']:.1f}" for r in rows)
     out.append(f"| Mininet pingall | {mns} |")
     return "\n".join(out) + "\n"
+
+
+def _cpu_table(ours: dict[str, Any]) -> list[str]:
+    """Where the time goes: CPU seconds each part of the fleet used in each phase."""
+    cpu: dict[str, dict[str, float]] = ours.get("cpu") or {}
+    if not cpu:
+        return []
+    parts = list(next(iter(cpu.values())))
+    out = [
+        "| CPU seconds | " + " | ".join(parts) + " |",
+        "|---|" + "---|" * len(parts),
+        *(
+            f"| {phase} | " + " | ".join(f"{v.get(p, 0):.1f}" for p in parts) + " |"
+            for phase, v in cpu.items()
+        ),
+    ]
+    at = ours.get("converged_at") or {}
+    if at:
+        out.append("")
+        out.append(
+            f"Hosts converged after {at.get('median')} s (median), {at.get('p90')} s (p90), "
+            f"{at.get('last')} s (last) from the publish; a host said `applying` after "
+            f"{at.get('applying_median')} s and took {at.get('apply_median')} s from there "
+            "to `converged` (medians)."
+        )
+    return [*out, ""]
 
 
 def write(path: Path, text: str) -> None:
@@ -139,7 +166,16 @@ def main() -> int:
     p.add_argument("--sizes", default="10,50,100,200")
     p.add_argument("--write", metavar="FILE", help="update FILE's marked section")
     p.add_argument("--json", metavar="FILE", help="also dump the raw results")
+    p.add_argument("--from-json", metavar="FILE", help="render earlier results, run nothing")
+    p.add_argument("--when", help="the date of --from-json results")
     args = p.parse_args()
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        text = markdown(rows, args.when or "earlier")
+        print(text)
+        if args.write:
+            write(Path(args.write), text)
+        return 0
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         print(f"== {n} hosts: ours", file=sys.stderr, flush=True)

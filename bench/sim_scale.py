@@ -94,6 +94,8 @@ def run(net: str) -> dict[str, Any]:
             results = fleet.check()
             cpu["check"] = _delta(cpu_by_part(fleet), c1)
         slowest = sorted(r.seconds for r in rows)
+        started = sorted(r.applying for r in rows if r.applying is not None)
+        engine = sorted(r.seconds - r.applying for r in rows if r.applying is not None)
     finally:
         fleet.down()
     total = time.monotonic() - t0
@@ -111,6 +113,8 @@ def run(net: str) -> dict[str, Any]:
             "median": slowest[len(slowest) // 2] if slowest else None,
             "p90": slowest[int(len(slowest) * 0.9)] if slowest else None,
             "last": slowest[-1] if slowest else None,
+            "applying_median": started[len(started) // 2] if started else None,
+            "apply_median": round(engine[len(engine) // 2], 2) if engine else None,
         },
         "cpus": os.cpu_count(),
         "kernel": platform.release(),

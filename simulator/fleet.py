@@ -32,7 +32,7 @@ from simulator.fabric import Fabric
 from simulator.hosts import SimHost
 from simulator.namespaces import Namespace, new_run_id, remove_run
 from simulator.nets import Layout, Net, load_net
-from simulator.rollout import BrokerHandle, start_broker, wait_converged
+from simulator.rollout import BrokerHandle, start_broker, wait_connected, wait_converged
 
 __all__ = ["STATE_DIR", "RolloutRow", "Sim", "SimError", "down_run", "list_runs"]
 
@@ -52,7 +52,8 @@ class RolloutRow:
     ok: bool
     state: str
     detail: str
-    seconds: float
+    seconds: float  # from the publish to the final status
+    applying: float | None = None  # from the publish to the host's "applying"
 
 
 @dataclass(slots=True)
@@ -162,6 +163,12 @@ class Sim:
             built = list(pool.map(self._build_host, self.layout.hosts, spaces))
         self.hosts = {h.name: h for h in built}
         self.timings["hosts"] = time.monotonic() - t1
+        # up means the agents are connected: a rollout then times convergence alone
+        t2 = time.monotonic()
+        late = wait_connected(self.broker, self.layout, timeout=self.net.converge_timeout)
+        if late:
+            raise SimError(f"agents not connected to the broker: {', '.join(late[:10])}")
+        self.timings["agents"] = time.monotonic() - t2
 
     def _cable_host(self, layout: Any) -> Namespace:
         assert self.fabric is not None
