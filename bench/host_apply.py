@@ -27,8 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 NET = REPO / "nets/scale-100.yaml"
 
 
-def inner(root: str, role: str, host: str) -> None:
-    """Inside the host's namespace: the engine's converge, first and again, in seconds."""
+def inner(root: str, role: str, host: str, warm: str = "") -> None:
+    """Inside the host's namespace: the engine's converge, first and again, in seconds.
+    ``warm``: the resource modules imported beforehand (as in an agent that already ran)."""
+    if warm:
+        import bootstrap.resources.address
+        import bootstrap.resources.files
+        import bootstrap.resources.firewall
+        import bootstrap.resources.openvswitch  # noqa: F401
     from bootstrap.converge import Options, converge
     from bootstrap.host.root import HostRoot
     from bootstrap.model.document import effective_spec, parse_document
@@ -71,8 +77,9 @@ def round_trip(kind: str, docs: tuple[Path, Path]) -> list[float]:
                     out.append(time.monotonic() - t)
                 return out
             role, host = map(str, docs)
-            if kind == "engine":
+            if kind in ("engine", "warm"):
                 argv = [sys.executable, __file__, "--inner", str(root), role, host]
+                argv += ["warm"] if kind == "warm" else []
                 done = ns.run(argv, env=env, capture_output=True, text=True)
                 times: list[float] = json.loads(done.stdout)
                 return times
@@ -104,15 +111,25 @@ def documents(tmp: Path) -> tuple[Path, Path]:
 
 def main() -> int:
     if sys.argv[1:2] == ["--inner"]:
-        inner(*sys.argv[2:5])
+        inner(*sys.argv[2:6])
         return 0
     repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    results: dict[str, list[list[float]]] = {"csboot apply": [], "engine": [], "seed": []}
+    results: dict[str, list[list[float]]] = {
+        "csboot apply": [],
+        "engine": [],
+        "engine, modules loaded": [],
+        "seed": [],
+    }
     with tempfile.TemporaryDirectory(prefix="csboot-bench-docs-") as tmp:
         docs = documents(Path(tmp))
         Path(tmp).chmod(0o755)
         for _ in range(repeat):
-            for kind, key in (("cli", "csboot apply"), ("engine", "engine"), ("seed", "seed")):
+            for kind, key in (
+                ("cli", "csboot apply"),
+                ("engine", "engine"),
+                ("warm", "engine, modules loaded"),
+                ("seed", "seed"),
+            ):
                 results[key].append(round_trip(kind, docs))
     print("| contender | first full apply (median) | no-op re-apply (median) | rounds |")
     print("|---|---|---|---|")

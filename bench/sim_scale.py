@@ -106,7 +106,15 @@ def run(net: str) -> dict[str, Any]:
         "net": fleet.net.name,
         "hosts": len(fleet.layout.hosts),
         "converged": converged,
-        "checks": {r.name: {"ok": r.ok, "rows": len(r.rows), "hosts": r.hosts} for r in results},
+        "checks": {
+            r.name: {
+                "ok": r.ok,
+                "rows": len(r.rows),
+                "hosts": r.hosts,
+                "failed": [f"{x.subject}: {x.detail}" for x in r.failed[:5]],
+            }
+            for r in results
+        },
         "seconds": {k: round(v, 1) for k, v in phases.items()},
         "cpu": cpu,
         "converged_at": {
