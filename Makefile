@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what is missing first.
-.PHONY: setup test demo lint unit soak clean
+.PHONY: setup test demo demo-vm bench lint unit soak clean
 
 setup:
 	@scripts/setup.sh
@@ -7,8 +7,17 @@ setup:
 test: setup
 	.venv/bin/tox run -e lint,unit,netns,fullkernel
 
+# natively on any kernel (Open vSwitch, netdev datapath); demo-vm: native VLANs in the VM
 demo: setup
+	.venv/bin/csboot-sim demo nets/ovs.yaml
+
+demo-vm: setup
 	.venv/bin/csboot-sim demo nets/basic.yaml
+
+# ours and Mininet's pingall back to back at 10/50/100/200 hosts; rewrites docs/benchmarks.md
+bench:
+	@scripts/setup.sh --bench
+	.venv/bin/python bench/compare.py --write docs/benchmarks.md
 
 lint: setup
 	.venv/bin/tox run -e lint

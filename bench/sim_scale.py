@@ -1,6 +1,6 @@
 """Time a simulated fleet end to end: up, rollout, each check, down.
 
-    sudo .venv/bin/python bench/sim_scale.py [nets/scale-100.yaml] [--json]
+    sudo .venv/bin/python bench/sim_scale.py [nets/scale-100.yaml] [--hosts N] [--json]
 
 Prints one table (phase, seconds) plus the fleet's size and whether everything passed.
 The fleet is always torn down. Exit 0 when the rollout converged and every check passed.
@@ -13,10 +13,13 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -25,61 +28,142 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simulator.fleet import Sim, SimError
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("net", nargs="?", default="nets/scale-100.yaml")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    t0 = time.monotonic()
+def sized(net: str, hosts: int | None) -> str:
+    """``net`` with ``hosts.count`` set to ``hosts`` (a temporary copy), or ``net`` itself."""
+    if hosts is None:
+        return net
+    data = yaml.safe_load(Path(net).read_text())
+    data["hosts"]["count"] = hosts
+    data["name"] = f"{data['name'].rsplit('-', 1)[0]}-{hosts}"
+    fd, path = tempfile.mkstemp(prefix=f"csboot-bench-{hosts}-", suffix=".yaml")
+    with os.fdopen(fd, "w") as out:
+        yaml.safe_dump(data, out)
+    return path
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
     try:
-        fleet = Sim.up(args.net)
-    except SimError as exc:
-        print(f"could not build: {exc}", file=sys.stderr)
-        return 2
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_by_part(fleet: Sim) -> dict[str, float]:
+    """CPU seconds used so far by the fleet's parts: agents, host OVS daemons, the switch,
+    the broker, and this process (the simulator: publishing, waiting, probing)."""
+    parts = {"agents": 0.0, "host ovs": 0.0, "switch": 0.0, "broker": 0.0}
+    for host in fleet.hosts.values():
+        if host.agent is not None:
+            parts["agents"] += _cpu(host.agent.pid)
+        if host.ovs is not None:
+            parts["host ovs"] += sum(_cpu(p.pid) for p in host.ovs._procs.values())
+    if fleet.fabric is not None and fleet.fabric.ovs is not None:
+        parts["switch"] = sum(_cpu(p.pid) for p in fleet.fabric.ovs._procs.values())
+    if fleet.broker is not None and fleet.broker.mosquitto is not None:
+        proc = fleet.broker.mosquitto.process
+        parts["broker"] = _cpu(proc.pid) if proc is not None else 0.0
+    parts["simulator"] = _cpu(os.getpid())
+    return parts
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+
+
+def run(net: str) -> dict[str, Any]:
+    """Up, rollout, every check, down: the summary (seconds per phase, checks, ok) and
+    the CPU seconds each part of the fleet used per phase (where the time goes)."""
+    t0 = time.monotonic()
+    fleet = Sim.up(net)
     up = time.monotonic() - t0
     results = []
+    cpu: dict[str, dict[str, float]] = {}
     try:
+        c0 = cpu_by_part(fleet)
+        cpu["up"] = _delta(c0, {})
         rows = fleet.rollout()
+        c1 = cpu_by_part(fleet)
+        cpu["rollout"] = _delta(c1, c0)
         converged = sum(r.ok for r in rows)
         if converged == len(rows):
             results = fleet.check()
+            cpu["check"] = _delta(cpu_by_part(fleet), c1)
+        slowest = sorted(r.seconds for r in rows)
+        started = sorted(r.applying for r in rows if r.applying is not None)
+        engine = sorted(r.seconds - r.applying for r in rows if r.applying is not None)
     finally:
         fleet.down()
     total = time.monotonic() - t0
     phases = {"up": up, **{k: v for k, v in fleet.timings.items() if k not in ("fabric", "hosts")}}
     phases["total"] = total
     ok = converged == len(rows) and bool(results) and all(r.ok for r in results)
-    summary = {
+    return {
         "net": fleet.net.name,
         "hosts": len(fleet.layout.hosts),
         "converged": converged,
-        "checks": {r.name: {"ok": r.ok, "rows": len(r.rows), "hosts": r.hosts} for r in results},
+        "checks": {
+            r.name: {
+                "ok": r.ok,
+                "rows": len(r.rows),
+                "hosts": r.hosts,
+                "failed": [f"{x.subject}: {x.detail}" for x in r.failed[:5]],
+            }
+            for r in results
+        },
         "seconds": {k: round(v, 1) for k, v in phases.items()},
+        "cpu": cpu,
+        "converged_at": {
+            "median": slowest[len(slowest) // 2] if slowest else None,
+            "p90": slowest[int(len(slowest) * 0.9)] if slowest else None,
+            "last": slowest[-1] if slowest else None,
+            "applying_median": started[len(started) // 2] if started else None,
+            "apply_median": round(engine[len(engine) // 2], 2) if engine else None,
+        },
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "ok": ok,
+        "failed": Counter(f"{r.state}: {r.detail[:100]}" for r in rows if not r.ok).most_common(5),
     }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("net", nargs="?", default="nets/scale-100.yaml")
+    p.add_argument("--hosts", type=int, help="override the net's host count")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    try:
+        summary = run(sized(args.net, args.hosts))
+    except SimError as exc:
+        print(f"could not build: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        t = Table(
-            title=f"{summary['net']}: {summary['hosts']} hosts, "
-            f"{converged} converged, {os.cpu_count()} CPUs"
+        return 0 if summary["ok"] else 1
+    t = Table(
+        title=f"{summary['net']}: {summary['hosts']} hosts, "
+        f"{summary['converged']} converged, {os.cpu_count()} CPUs"
+    )
+    t.add_column("phase")
+    t.add_column("seconds", justify="right")
+    for k, v in summary["seconds"].items():
+        t.add_row(k, f"{v:.1f}")
+    for name, c in summary["checks"].items():
+        t.add_row(
+            f"  {name}: {'ok' if c['ok'] else 'FAIL ' + ','.join(c['hosts'][:10])}",
+            f"{c['rows']} rows",
         )
-        t.add_column("phase")
-        t.add_column("seconds", justify="right")
-        for k, v in phases.items():
-            t.add_row(k, f"{v:.1f}")
-        for r in results:
-            t.add_row(
-                f"  {r.name}: {'ok' if r.ok else 'FAIL ' + ','.join(r.hosts)}",
-                f"{len(r.rows)} rows",
-            )
-        Console().print(t)
-        failed = Counter(f"{r.state}: {r.detail[:100]}" for r in rows if not r.ok)
-        for what, n in failed.most_common(5):
-            print(f"  {n} host(s) {what}")
-    return 0 if ok else 1
+    Console().print(t)
+    print("CPU seconds per phase:", json.dumps(summary["cpu"]))
+    print("host converged after (s):", json.dumps(summary["converged_at"]))
+    for what, n in summary["failed"]:
+        print(f"  {n} host(s) {what}")
+    return 0 if summary["ok"] else 1
 
 
 if __name__ == "__main__":

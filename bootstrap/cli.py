@@ -13,19 +13,21 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bootstrap import __version__
 from bootstrap.agent.cli import register as register_agent
-from bootstrap.converge import Options, converge, plan_host, recover_host
-from bootstrap.engine.probe import Probe, probe_for
-from bootstrap.engine.resource import Change
 from bootstrap.errors import BootstrapError, InvalidDocument
 from bootstrap.fleet.cli import register as register_fleet
 from bootstrap.host.root import HostRoot
-from bootstrap.model.document import Document, effective_spec, parse_document
-from bootstrap.model.spec import Spec
-from bootstrap.resources.handoff import ownership
+
+# Each command imports what it needs when it runs (`csboot check` in every simulated host,
+# `csboot agent` on start-up): measure with `python -X importtime -m bootstrap.cli ...`.
+if TYPE_CHECKING:
+    from bootstrap.engine.probe import Probe
+    from bootstrap.engine.resource import Change
+    from bootstrap.model.document import Document
+    from bootstrap.model.spec import Spec
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,6 +46,8 @@ def fail(error: BootstrapError, as_json: bool) -> int:
 
 
 def load_documents(paths: Sequence[str]) -> list[Document]:
+    from bootstrap.model.document import parse_document
+
     docs = []
     for path in paths:
         try:
@@ -58,6 +62,8 @@ def load_documents(paths: Sequence[str]) -> list[Document]:
 
 
 def load_spec(paths: Sequence[str]) -> tuple[list[Document], Spec]:
+    from bootstrap.model.document import effective_spec
+
     docs = load_documents(paths)
     return docs, effective_spec(docs)
 
@@ -79,6 +85,9 @@ def describe_docs(docs: Sequence[Document]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bootstrap.converge import plan_host
+    from bootstrap.resources.handoff import ownership
+
     try:
         docs, spec = load_spec(args.file)
         host = HostRoot(Path(args.root))
@@ -112,6 +121,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _probes(specs: Sequence[str]) -> list[Probe]:
+    from bootstrap.engine.probe import probe_for
+
     probes = []
     for text in specs:
         try:
@@ -122,6 +133,8 @@ def _probes(specs: Sequence[str]) -> list[Probe]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from bootstrap.converge import Options, converge
+
     try:
         docs, spec = load_spec(args.file)
         options = Options(probes=_probes(args.probe), rollback_window=args.rollback_window)
@@ -150,6 +163,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    from bootstrap.converge import recover_host
+
     try:
         reverted = asyncio.run(recover_host(HostRoot(Path(args.root))))
     except BootstrapError as exc:
@@ -184,6 +199,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def document_schema() -> dict[str, Any]:
     """The JSON Schema of a desired document, its ``spec`` being the full typed spec."""
+    from bootstrap.model.document import Document
+    from bootstrap.model.spec import Spec
+
     doc = Document.model_json_schema(by_alias=True)
     spec = Spec.model_json_schema()
     defs = {**doc.pop("$defs", {}), **spec.pop("$defs", {})}

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bootstrap.engine.check import Check
 from bootstrap.engine.journal import Journal
 from bootstrap.engine.plan import Plan, make_plan
 from bootstrap.engine.probe import IcmpProbe, Probe
 from bootstrap.engine.services import services_for
-from bootstrap.engine.transaction import Check, EventSink, Outcome, apply_plan, recover
+from bootstrap.engine.transaction import EventSink, Outcome, apply_plan, recover
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import validate_spec
 from bootstrap.model.spec import Spec

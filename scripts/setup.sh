@@ -19,6 +19,8 @@ DEB_PACKAGES=(
 # The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p); virtme-ng
 # builds its initramfs with busybox.
 if [ "$(uname -m)" = x86_64 ]; then DEB_PACKAGES+=(linux-image-amd64 busybox-static); fi
+# `make bench` measures against Mininet (its Linux-bridge switch needs brctl): only on request.
+if [ "${1:-}" = --bench ] || [ -n "${CSBOOT_BENCH:-}" ]; then DEB_PACKAGES+=(mininet bridge-utils); fi
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

@@ -11,10 +11,8 @@ then sits on a VLAN sub-interface (which needs 8021q).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
-import os
-from collections.abc import Iterator
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,29 +23,12 @@ from simulator.ovs import OvsDaemons
 __all__ = ["SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
 
 SWITCH_BRIDGE = "tor"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+_DEFER_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def in_netns(ns: Namespace) -> Iterator[None]:
-    """This *thread* inside ``ns`` for the block; thread-safe, unlike a shared ns stack.
-
-    Hosts come up in a thread pool, so each thread saves and restores its own namespace.
-    """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(ns.path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns.name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
+def in_netns(ns: Namespace) -> contextlib.AbstractContextManager[None]:
+    """This *thread* inside ``ns`` for the block (see :meth:`Namespace.inside`)."""
+    return ns.inside()
 
 
 def no_offload(ns: Namespace, ifname: str) -> None:
@@ -86,6 +67,7 @@ class Fabric:
     spec: Switch
     ovs: OvsDaemons | None = None
     ports: list[str] = field(default_factory=list)
+    deferred: list[list[str]] | None = None  # OVS ports waiting for ``commit``
 
     @classmethod
     def build(cls, ns: Namespace, root: Path, spec: Switch) -> Fabric:
@@ -109,12 +91,26 @@ class Fabric:
                 ipr.link("set", index=idx, state="up")
         return fabric
 
+    def defer(self) -> None:
+        """Queue OVS ports from now on; ``commit`` adds them in one transaction (one
+        reconfiguration of the switch instead of one per port: 100 hosts' worth of
+        ``add-port`` each waiting for ovs-vswitchd grew with the square of the ports)."""
+        self.deferred = []
+
+    def commit(self) -> None:
+        pending, self.deferred = self.deferred or [], None
+        if pending and self.ovs is not None:
+            self.ovs.vsctl(*[a for cmd in pending for a in ("--", *cmd)][1:])
+
     def _attach(self, port: str, *ovs_settings: str) -> None:
         no_offload(self.ns, port)
         if self.ovs is not None:
-            self.ovs.vsctl(
-                "add-port", SWITCH_BRIDGE, port, "--", "set", "port", port, *ovs_settings
-            )
+            cmd = ["add-port", SWITCH_BRIDGE, port, "--", "set", "port", port, *ovs_settings]
+            if self.deferred is not None:
+                with _DEFER_LOCK:
+                    self.deferred.append(cmd)
+            else:
+                self.ovs.vsctl(*cmd)
         else:
             with self.ns.iproute() as ipr:
                 (br,) = ipr.link_lookup(ifname=SWITCH_BRIDGE)
@@ -137,7 +133,7 @@ class Fabric:
             raise ValueError("a LAG needs the Open vSwitch switch (kind: ovs)")
         for port in ports:
             no_offload(self.ns, port)
-        self.ovs.vsctl(
+        cmd = [
             "add-bond",
             SWITCH_BRIDGE,
             name,
@@ -154,7 +150,12 @@ class Fabric:
             "port",
             name,
             *_trunk_settings(nic),
-        )
+        ]
+        if self.deferred is not None:
+            with _DEFER_LOCK:
+                self.deferred.append(cmd)
+        else:
+            self.ovs.vsctl(*cmd)
         self.ports += ports
 
     def add_access(

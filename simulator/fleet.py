@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +32,13 @@ from simulator.fabric import Fabric
 from simulator.hosts import SimHost
 from simulator.namespaces import Namespace, new_run_id, remove_run
 from simulator.nets import Layout, Net, load_net
-from simulator.rollout import BrokerHandle, start_broker, wait_converged
+from simulator.rollout import BrokerHandle, start_broker, wait_connected, wait_converged
 
 __all__ = ["STATE_DIR", "RolloutRow", "Sim", "SimError", "down_run", "list_runs"]
 
 STATE_DIR = Path(os.environ.get("CSBOOT_SIM_STATE", "/run/csboot-sim"))
 UP_WORKERS = 8
+AGENT_GRACE = 3.0  # seconds the agents get to stop before everything else is
 _STATE_LOCK = threading.Lock()
 
 
@@ -50,7 +52,8 @@ class RolloutRow:
     ok: bool
     state: str
     detail: str
-    seconds: float
+    seconds: float  # from the publish to the final status
+    applying: float | None = None  # from the publish to the host's "applying"
 
 
 @dataclass(slots=True)
@@ -138,7 +141,7 @@ class Sim:
         self.broker_ns = self._ns("broker")
         for vlan, addresses in self.layout.routers():  # the broker's namespace routes too
             self.fabric.add_access(self.broker_ns, f"v{vlan}", f"r{vlan}", vlan, addresses)
-        self.broker_ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        self.broker_ns.sysctl("net.ipv4.ip_forward", "1")
         self.broker = start_broker(
             self.broker_ns, self.workdir / "broker", self.net.broker, self.layout
         )
@@ -149,14 +152,35 @@ class Sim:
         for name in names:  # recorded before they exist, so a crash mid-way is cleaned up
             self.namespaces.append(f"{self.run_id}-{name}")
         self.save_state()
+        # namespaces and cables in parallel, every switch port in one transaction, then
+        # each host's OVS daemons, install-time network and agent in parallel
+        self.fabric.defer()
         with ThreadPoolExecutor(UP_WORKERS) as pool:
-            built = list(pool.map(self._build_host, self.layout.hosts))
+            spaces = list(pool.map(self._cable_host, self.layout.hosts))
+        self.fabric.commit()
+        self.timings["cables"] = time.monotonic() - t1
+        with ThreadPoolExecutor(UP_WORKERS) as pool:
+            built = list(pool.map(self._build_host, self.layout.hosts, spaces))
         self.hosts = {h.name: h for h in built}
         self.timings["hosts"] = time.monotonic() - t1
+        # up means the agents are connected: a rollout then times convergence alone
+        t2 = time.monotonic()
+        late = wait_connected(self.broker, self.layout, timeout=self.net.converge_timeout)
+        if late:
+            raise SimError(f"agents not connected to the broker: {', '.join(late[:10])}")
+        self.timings["agents"] = time.monotonic() - t2
 
-    def _build_host(self, layout: Any) -> SimHost:
-        assert self.fabric is not None and self.broker is not None
+    def _cable_host(self, layout: Any) -> Namespace:
+        assert self.fabric is not None
         ns = Namespace.create(f"{self.run_id}-{layout.name}")
+        try:
+            SimHost.cable(layout, ns, self.fabric)
+        except Exception as exc:
+            raise SimError(f"host {layout.name}: {exc}") from exc
+        return ns
+
+    def _build_host(self, layout: Any, ns: Namespace) -> SimHost:
+        assert self.fabric is not None and self.broker is not None
         try:
             host = SimHost.build(
                 layout,
@@ -164,6 +188,7 @@ class Sim:
                 self.workdir / "hosts" / layout.name,
                 self.fabric,
                 mgmt_vlan=self.layout.mgmt_vlan,
+                cable=False,
             )
             host.start_agent(self.broker.url, self.broker.passwords[layout.name])
         except Exception as exc:
@@ -205,35 +230,68 @@ class Sim:
         return asyncio.run(self.check_async(only))
 
     async def check_async(self, only: list[str] | None = None) -> list[CheckResult]:
+        """The checks in two stages of concurrent checks: reach, isolation and ports
+        (listeners on every allowed port), then migration and cloudstack (whose listeners,
+        QEMU's and libvirt's stand-in, sit on ports the ports check holds). Guests are
+        attached once, before the first stage. Each check's own time is kept in
+        ``timings`` (they overlap); ``check`` is the wall time of all of them."""
         from simulator.checks.cloudstack import check_cloudstack
         from simulator.checks.isolation import check_isolation
         from simulator.checks.migration import check_migration
         from simulator.checks.ports import check_ports
-        from simulator.checks.reach import check_reach
+        from simulator.checks.reach import attach_guests, check_reach
 
         exp = self.net.expect
-        plan = [
-            ("reach", check_reach, True),
-            ("isolation", check_isolation, exp.isolated),
-            ("ports", check_ports, exp.ports),
-            ("migration", check_migration, exp.migration is not None),
-            ("cloudstack", check_cloudstack, exp.cloudstack),
-        ]
-        results = []
-        t0 = time.monotonic()
-        for name, fn, wanted in plan:
-            if (only and name not in only) or not wanted:
-                continue
+        wanted = {
+            "reach": True,
+            "isolation": exp.isolated,
+            "ports": exp.ports,
+            "migration": exp.migration is not None,
+            "cloudstack": exp.cloudstack,
+        }
+        checks: dict[str, Callable[[Sim], Awaitable[CheckResult]]] = {
+            "reach": check_reach,
+            "isolation": check_isolation,
+            "ports": check_ports,
+            "migration": check_migration,
+            "cloudstack": check_cloudstack,
+        }
+        run = [n for n in checks if wanted[n] and (not only or n in only)]
+
+        async def timed(name: str) -> CheckResult:
             t = time.monotonic()
-            results.append(await fn(self))
+            result = await checks[name](self)
             self.timings[f"check.{name}"] = time.monotonic() - t
+            return result
+
+        t0 = time.monotonic()
+        results: dict[str, CheckResult] = {}
+        if {"reach", "isolation"} & set(run):
+            await asyncio.to_thread(attach_guests, self)
+            self.timings["check.guests"] = time.monotonic() - t0
+        for stage in (("reach", "isolation", "ports"), ("migration", "cloudstack")):
+            names = [n for n in stage if n in run]
+            for name, result in zip(names, await asyncio.gather(*map(timed, names)), strict=True):
+                results[name] = result
         self.timings["check"] = time.monotonic() - t0
-        return results
+        return [results[n] for n in run]
 
     # -- down -------------------------------------------------------------------------
 
     def down(self) -> list[str]:
+        """Every process of the run is signalled at once (they all live in its namespaces),
+        then the namespaces go; the children's exit statuses are collected after."""
         t0 = time.monotonic()
+        # the agents first, all at once, while their broker still answers: each says
+        # "offline" and exits at once (with the broker gone, saying so takes seconds)
+        agents = [h.agent for h in self.hosts.values() if h.agent and h.agent.poll() is None]
+        for agent in agents:
+            agent.terminate()
+        deadline = time.monotonic() + AGENT_GRACE
+        for agent in agents:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(max(0.0, deadline - time.monotonic()))
+        removed = down_run(self.run_id)
         for host in self.hosts.values():
             with contextlib.suppress(Exception):
                 host.stop()
@@ -243,7 +301,6 @@ class Sim:
         if self.fabric is not None:
             with contextlib.suppress(Exception):
                 self.fabric.stop()
-        removed = down_run(self.run_id)
         self.timings["down"] = time.monotonic() - t0
         return removed
 

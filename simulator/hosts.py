@@ -51,6 +51,8 @@ def agent_toml(
         f'root = "{root}"\n'
         "rollback_window = 60\n"  # a busy 2-core machine answers probes late
         "allow_plaintext_auth = true\n"  # the broker is on the simulator's own wire
+        # a host comes up before its path to the broker settles: retry soon, not after 1 s
+        "\n[reconnect]\ninitial = 0.2\nmax = 5.0\n"
         "\n[auth]\n"
         f'username = "{host}"\n'
         f'password_file = "{password_file}"\n'
@@ -90,6 +92,21 @@ class SimHost:
     def name(self) -> str:
         return self.layout.name
 
+    @staticmethod
+    def cable(layout: HostLayout, ns: Namespace, fabric: Fabric) -> None:
+        """The host's NICs cabled to their switch ports (which ``fabric`` may defer)."""
+        # libvirt's migration ports sit inside Linux's ephemeral range (32768-60999): keep
+        # outgoing connections (the agent's MQTT session) off them, as a real host must,
+        # or a migration listener (or the ports check's stand-in) cannot bind.
+        ns.sysctl("net.ipv4.ip_local_reserved_ports", RESERVED_PORTS)
+        lag = fabric.spec.bond
+        for nic, port in layout.nics.items():
+            bonded = lag is not None and nic in lag.nics
+            fabric.add_trunk(ns, nic, layout.port_of(nic), port, attach=not bonded)
+        if lag is not None:
+            ports = [layout.port_of(n) for n in lag.nics]
+            fabric.add_lag(f"h{layout.index:03d}b", ports, layout.nics[lag.nics[0]], lag)
+
     @classmethod
     def build(
         cls,
@@ -99,21 +116,14 @@ class SimHost:
         fabric: Fabric,
         *,
         mgmt_vlan: int,
+        cable: bool = True,
     ) -> SimHost:
-        """The install-time host: uplink, management address, route, and OVS if it uses it."""
+        """The install-time host: uplink, management address, route, and OVS if it uses it.
+        ``cable=False``: :meth:`cable` was already called."""
         root.mkdir(parents=True, exist_ok=True)
         host = cls(layout=layout, ns=ns, root=root)
-        # libvirt's migration ports sit inside Linux's ephemeral range (32768-60999): keep
-        # outgoing connections (the agent's MQTT session) off them, as a real host must,
-        # or a migration listener (or the ports check's stand-in) cannot bind.
-        ns.run(["sysctl", "-qw", f"net.ipv4.ip_local_reserved_ports={RESERVED_PORTS}"])
-        lag = fabric.spec.bond
-        for nic, port in layout.nics.items():
-            bonded = lag is not None and nic in lag.nics
-            fabric.add_trunk(ns, nic, layout.port_of(nic), port, attach=not bonded)
-        if lag is not None:
-            ports = [layout.port_of(n) for n in lag.nics]
-            fabric.add_lag(f"h{layout.index:03d}b", ports, layout.nics[lag.nics[0]], lag)
+        if cable:
+            cls.cable(layout, ns, fabric)
         if layout.backend == "openvswitch":
             host.ovs = OvsDaemons(root, ns).start()
         iface = layout.uplink
@@ -198,8 +208,11 @@ class SimHost:
         bridge: str,
         address: ipaddress.IPv4Interface,
         probe: ipaddress.IPv4Interface,
+        *,
+        ovs_port: bool = True,
     ) -> str | None:
-        """A guest on ``bridge``; None when attached, else why it could not be."""
+        """A guest on ``bridge``; None when attached, else why it could not be.
+        ``ovs_port=False``: the caller adds the OVS port (``add_guest_ports``)."""
         port = f"g{vlan}"
         with self.ns.iproute() as ipr:
             if not ipr.link_lookup(ifname=bridge):
@@ -208,10 +221,11 @@ class SimHost:
         if self.ovs is not None:
             no_offload(self.ns, port)
             no_offload(guest_ns, "eth0")
-            try:
-                self.ovs.vsctl("add-port", bridge, port)
-            except Exception as exc:
-                return f"cannot add {port} to {bridge}: {exc}"
+            if ovs_port:
+                try:
+                    self.ovs.vsctl("add-port", bridge, port)
+                except Exception as exc:
+                    return f"cannot add {port} to {bridge}: {exc}"
         else:
             with self.ns.iproute() as ipr:
                 (br,) = ipr.link_lookup(ifname=bridge)
@@ -223,3 +237,21 @@ class SimHost:
                 ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
         self.guests[vlan] = Guest(guest_ns, vlan, bridge, address, probe)
         return None
+
+    def add_guest_ports(self, vlans: list[int]) -> dict[int, str]:
+        """The OVS ports of guests attached with ``ovs_port=False``, in one transaction
+        (one at a time if it fails, to tell which); the VLANs that failed and why."""
+        if self.ovs is None or not vlans:
+            return {}
+        cmds = [("add-port", self.guests[v].bridge, f"g{v}") for v in vlans]
+        try:
+            self.ovs.vsctl(*[a for cmd in cmds for a in ("--", *cmd)][1:])
+            return {}
+        except Exception:
+            failed = {}
+            for v, cmd in zip(vlans, cmds, strict=True):
+                try:
+                    self.ovs.vsctl("--may-exist", *cmd)
+                except Exception as exc:
+                    failed[v] = f"cannot add {cmd[2]} to {cmd[1]}: {exc}"
+            return failed

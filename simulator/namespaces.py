@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
@@ -26,6 +27,8 @@ if os.environ.get("CSBOOT_FULLKERNEL") == "1":
 
 NETNS_DIR = Path("/var/run/netns")
 PREFIX = "csb"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def new_run_id() -> str:
@@ -43,12 +46,23 @@ class Namespace:
 
     @classmethod
     def create(cls, name: str) -> Namespace:
-        netns.create(name)
-        ns = cls(name)
-        with ns.iproute() as ipr:  # loopback up, as every host expects
-            (lo,) = ipr.link_lookup(ifname="lo")
-            ipr.link("set", index=lo, state="up")
-        return ns
+        """Make the namespace from this thread (``unshare`` + bind mount, as ``ip netns
+        add`` does), not from a forked child: hosts come up in parallel threads."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"unshare for {name}")
+            try:
+                netns.attach(name, "thread-self")
+                with IPRoute() as ipr:  # loopback up, as every host expects
+                    (lo,) = ipr.link_lookup(ifname="lo")
+                    ipr.link("set", index=lo, state="up")
+            finally:
+                if _libc.setns(own, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back")
+        finally:
+            os.close(own)
+        return cls(name)
 
     @property
     def path(self) -> Path:
@@ -58,8 +72,27 @@ class Namespace:
         return self.path.exists()
 
     def iproute(self) -> IPRoute:
-        """A netlink socket inside the namespace."""
-        return IPRoute(netns=self.name)
+        """A netlink socket inside the namespace (made by this thread inside it: no fork)."""
+        with self.inside():
+            return IPRoute()
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """This *thread* inside the namespace for the block; thread-safe (each thread saves
+        and restores its own namespace). Sockets made in the block stay in the namespace."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(self.path, os.O_RDONLY)
+        try:
+            if _libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {self.name}")
+            try:
+                yield
+            finally:
+                if _libc.setns(own, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back")
+        finally:
+            os.close(own)
+            os.close(target)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside the namespace.
@@ -90,40 +123,19 @@ class Namespace:
         finally:
             netns.popns()
 
+    def sysctl(self, key: str, value: str) -> None:
+        """``sysctl -w key=value`` in this namespace, without a process: /proc/sys/net is
+        the namespace of the thread that opens it."""
+        with self.inside():
+            Path("/proc/sys", *key.split(".")).write_text(value)
+
     def pids(self) -> list[int]:
         """Processes whose network namespace is this one (by the namespace file's inode)."""
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return []
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                ns = (entry / "ns" / "net").stat()
-            except OSError:
-                continue
-            if (ns.st_dev, ns.st_ino) == (st.st_dev, st.st_ino):
-                found.append(int(entry.name))
-        return found
+        return _pids_in([self]).get(self.name, [])
 
     def remove(self, *, grace: float = 2.0) -> None:
         """Stop every process still in the namespace, then remove it."""
-        if not self.exists():
-            return
-        pids = self.pids()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-                time.sleep(0.05)
-            if not pids:
-                break
-        netns.remove(self.name)
+        remove_all([self], grace=grace)
 
     def __enter__(self) -> Namespace:
         return self
@@ -142,18 +154,60 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def _pids_in(spaces: Sequence[Namespace]) -> dict[str, list[int]]:
+    """Per namespace, the processes inside it: one pass over /proc for all of them."""
+    wanted: dict[tuple[int, int], str] = {}
+    for ns in spaces:
+        with contextlib.suppress(FileNotFoundError):
+            st = ns.path.stat()
+            wanted[(st.st_dev, st.st_ino)] = ns.name
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            st = Path(entry.path, "ns", "net").stat()
+        except OSError:
+            continue
+        name = wanted.get((st.st_dev, st.st_ino))
+        if name is not None:
+            found.setdefault(name, []).append(int(entry.name))
+    return found
+
+
+def remove_all(spaces: Sequence[Namespace], *, grace: float = 3.0) -> list[str]:
+    """Stop every process inside any of ``spaces`` at once (SIGTERM, then SIGKILL after
+    ``grace``), then remove the namespaces; returns the names removed."""
+    spaces = [ns for ns in spaces if ns.exists()]
+    pids = [p for found in _pids_in(spaces).values() for p in found]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while pids:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            if not pids or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if not pids:
+            break
+    for ns in spaces:
+        netns.remove(ns.name)
+    return [ns.name for ns in spaces]
+
+
 def ours(run_id: str) -> list[Namespace]:
     """The namespaces of one run (``run_id-*``), whatever state the run ended in."""
     return [Namespace(n) for n in netns.listnetns() if n.startswith(f"{run_id}-")]
 
 
 def remove_run(run_id: str) -> list[str]:
-    """Remove exactly one run's namespaces; returns their names."""
-    removed = []
-    for ns in ours(run_id):
-        ns.remove()
-        removed.append(ns.name)
-    return removed
+    """Remove exactly one run's namespaces (every process in them at once); their names."""
+    return remove_all(ours(run_id))
 
 
 def veth_pair(a: Namespace, a_name: str, b: Namespace, b_name: str, *, mtu: int = 1500) -> None:

@@ -113,7 +113,6 @@ class OvsDaemons:
             )
             # the socket file appears a moment before ovsdb-server accepts on it
             self._wait_for(lambda: _accepts(self.socket), "ovsdb-server")
-            self.vsctl("--no-wait", "init")
             self._spawn(
                 "ovs-vswitchd",
                 self.remote,

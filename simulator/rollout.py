@@ -9,6 +9,7 @@ with mosquitto_pub/mosquitto_sub, so nothing leaves the run's namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import selectors
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,21 @@ def _statuses(
         proc.wait()
 
 
+def wait_connected(broker: BrokerHandle, layout: Layout, *, timeout: float) -> list[str]:
+    """Until every host's agent is connected (it publishes its status on connecting);
+    the hosts that did not within ``timeout``."""
+    names = {h.name for h in layout.hosts}
+    seen: set[str] = set()
+
+    def is_final(host: str, status: dict[str, Any]) -> bool:
+        return status.get("state") != "offline"
+
+    for host, status in _statuses(broker, len(names), time.monotonic() + timeout, is_final):
+        if is_final(host, status):
+            seen.add(host)
+    return sorted(names - seen)
+
+
 def wait_converged(
     broker: BrokerHandle, layout: Layout, *, timeout: float, start: float
 ) -> list[dict[str, Any]]:
@@ -211,6 +228,8 @@ def wait_converged(
     expected = _expected(layout)
     last: dict[str, dict[str, Any]] = {}
     at: dict[str, float] = {}
+    applying: dict[str, float] = {}  # when each host started applying, by its own clock
+    wall0 = time.time() - (time.monotonic() - start)  # the publish, on the wall clock
 
     def is_final(host: str, status: dict[str, Any]) -> bool:
         return _converged(status, expected.get(host, {})) or status.get("state") in TERMINAL
@@ -218,6 +237,11 @@ def wait_converged(
     for host, status in _statuses(broker, len(expected), start + timeout, is_final):
         last[host] = status
         at[host] = time.monotonic() - start
+        if status.get("state") == "applying" and host not in applying:
+            # the status's own time: an agent busy applying sends it late (same machine)
+            with contextlib.suppress(KeyError, ValueError):
+                when = datetime.fromisoformat(str(status["at"]).replace("Z", "+00:00"))
+                applying[host] = when.timestamp() - wall0
     rows = []
     for h in layout.hosts:
         st = last.get(h.name, {})
@@ -238,6 +262,7 @@ def wait_converged(
                 "state": st.get("state", "no status"),
                 "detail": detail,
                 "seconds": round(at.get(h.name, timeout), 2),
+                "applying": round(applying[h.name], 2) if h.name in applying else None,
             }
         )
     return rows

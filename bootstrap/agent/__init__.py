@@ -1,13 +1,18 @@
 """The host agent: MQTT session, topics, status, last-known-good cache, first boot.
 
-Names are imported on first use, so importing one light module of the package (topics,
-config) does not pull in the daemon and the host engine behind it.
+The names below are loaded on first use: ``csboot`` imports this package for every
+command, and only ``csboot agent`` needs the MQTT client and the engine.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bootstrap.agent.config import AgentConfig, Broker, load_config, parse_config
+    from bootstrap.agent.daemon import Agent, run_agent
+    from bootstrap.agent.topics import DEFAULT_PREFIX, Topics
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -20,19 +25,21 @@ __all__ = [
     "run_agent",
 ]
 
-_WHERE = {
-    "DEFAULT_PREFIX": "bootstrap.agent.topics",
-    "Topics": "bootstrap.agent.topics",
-    "AgentConfig": "bootstrap.agent.config",
-    "Broker": "bootstrap.agent.config",
-    "load_config": "bootstrap.agent.config",
-    "parse_config": "bootstrap.agent.config",
-    "Agent": "bootstrap.agent.daemon",
-    "run_agent": "bootstrap.agent.daemon",
+_HOME = {
+    "AgentConfig": "config",
+    "Broker": "config",
+    "load_config": "config",
+    "parse_config": "config",
+    "Agent": "daemon",
+    "run_agent": "daemon",
+    "DEFAULT_PREFIX": "topics",
+    "Topics": "topics",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'bootstrap.agent' has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bootstrap.engine.check import Check
 from bootstrap.engine.probe import TcpProbe, wait_for_probe
-from bootstrap.engine.transaction import Check
 from bootstrap.host.listeners import time_synchronised, wait_for_tls
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec

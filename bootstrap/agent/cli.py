@@ -7,13 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from bootstrap.agent.topics import DEFAULT_PREFIX, check_prefix
 from bootstrap.errors import BootstrapError, InvalidDocument
-from bootstrap.files import atomic_write
-from bootstrap.model.document import parse_document
-from bootstrap.model.signing import load_private_key, private_key_bytes, public_key_text, sign
 
 
 def _error(exc: BootstrapError) -> int:
@@ -71,6 +66,11 @@ def cmd_firstboot(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bootstrap.files import atomic_write
+    from bootstrap.model.signing import private_key_bytes, public_key_text
+
     out = Path(args.out)
     if out.exists() and not args.force:
         print(f"csboot: error: {out} exists (use --force to replace it)", file=sys.stderr)
@@ -87,6 +87,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from bootstrap.model.document import parse_document
+    from bootstrap.model.signing import load_private_key, sign
+
     try:
         prefix = check_prefix(args.prefix)
     except ValueError as exc:

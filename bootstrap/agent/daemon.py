@@ -39,15 +39,17 @@ from bootstrap.agent.session import Session
 from bootstrap.agent.status import State, encode, now, status_document
 from bootstrap.agent.topics import Topics
 from bootstrap.converge import Options, converge, plan_host, recover_host
+from bootstrap.engine.check import Check
 from bootstrap.engine.probe import Probe, TcpProbe
 from bootstrap.engine.resource import Change
-from bootstrap.engine.transaction import Check, Outcome
+from bootstrap.engine.transaction import Outcome
 from bootstrap.errors import BootstrapError, InternalError, InvalidDocument, clip
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import Document, effective_spec
 from bootstrap.model.spec import Spec
 
 log = logging.getLogger(__name__)
+ROLES_WAIT = 10  # debounces a burst may wait for the roles' documents (see _roles_arrive)
 
 SETTLE_MAX = 10.0  # a burst of accepted documents holds the apply at most this long
 
@@ -319,9 +321,25 @@ class Agent:
         if not self._fresh:
             return None
         await self._settle()
+        await self._roles_arrive()
         # what was refused before this apply is reported before it, never after its outcome
         await self._report_rejections(now_=True)
         return await self._apply_pending()
+
+    async def _roles_arrive(self) -> None:
+        """A first burst that brought the host overlay before every role's document: wait
+        up to ``ROLES_WAIT`` debounces more for the roles. The broker sends retained
+        documents one by one, and on a loaded machine they can come further apart than one
+        debounce; converging on the overlay alone would fail (and a failed version is not
+        retried). Once the roles are there, or the wait is over, the burst is applied."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROLES_WAIT * self.config.debounce
+        while self.desired.roles_missing() and (left := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self._attention.wait(), left)
+            except TimeoutError:
+                return
+            self._attention.clear()
 
     async def _converge_loop(self) -> None:
         while True:

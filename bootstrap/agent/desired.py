@@ -180,6 +180,11 @@ class Desired:
                 return Rejection(key, doc.version, stale_error(doc, held.version))
         return doc
 
+    def roles_missing(self) -> list[str]:
+        """Roles this host lists that have no document, in force or pending."""
+        have = self.candidate()
+        return [k for k in self.keys if k.startswith("roles/") and k not in have]
+
     def candidate(self) -> dict[str, Document]:
         """What the host would run if the pending documents were applied."""
         return {**self.in_force, **self.pending}

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from bootstrap import __version__
+from bootstrap.engine.check import Check
 from bootstrap.engine.resource import Change
-from bootstrap.engine.transaction import Check
 from bootstrap.errors import BootstrapError, StaleDocument
 from bootstrap.wire.status import MAX_ITEMS, MAX_STATUS_BYTES, MAX_TEXT, State, StatusDocument
 

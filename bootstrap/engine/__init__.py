@@ -1,7 +1,37 @@
-"""The engine: the Resource protocol, planning, and the apply transaction."""
+"""The engine: the Resource protocol, planning, and the apply transaction.
 
-from bootstrap.engine.plan import Plan, make_plan
-from bootstrap.engine.resource import Change, Resource
-from bootstrap.engine.transaction import Check, Outcome, apply_plan, recover
+The names below load on first use, so that ``bootstrap.engine.check`` (what ``csboot check``
+needs) does not bring in the model and pydantic.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bootstrap.engine.check import Check
+    from bootstrap.engine.plan import Plan, make_plan
+    from bootstrap.engine.resource import Change, Resource
+    from bootstrap.engine.transaction import Outcome, apply_plan, recover
 
 __all__ = ["Change", "Check", "Outcome", "Plan", "Resource", "apply_plan", "make_plan", "recover"]
+
+_HOME = {
+    "Change": "resource",
+    "Check": "check",
+    "Outcome": "transaction",
+    "Plan": "plan",
+    "Resource": "resource",
+    "apply_plan": "transaction",
+    "make_plan": "plan",
+    "recover": "transaction",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value

@@ -122,7 +122,7 @@ def probe_for(spec: str) -> Probe:
     return IcmpProbe(text)
 
 
-async def wait_for_probe(probe: Probe, window: float, interval: float = 0.5) -> bool:
+async def wait_for_probe(probe: Probe, window: float, interval: float = 0.1) -> bool:
     """Retry ``probe`` until it passes or ``window`` seconds have gone."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + window

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bootstrap.engine.check import Check
 from bootstrap.engine.journal import Journal
 from bootstrap.engine.plan import Plan, Step
 from bootstrap.engine.probe import Probe, wait_for_probe
@@ -29,16 +30,6 @@ log = logging.getLogger(__name__)
 
 State = Literal["converged", "failed", "rolled_back"]
 EventSink = Callable[[str, Mapping[str, Any]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
 @dataclass(slots=True)

@@ -13,7 +13,22 @@ import json
 import sys
 from pathlib import Path
 
+from bootstrap.agent.topics import DEFAULT_PREFIX
 from bootstrap.errors import BootstrapError, ConfigError, InvalidDocument
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """The broker options (read by ``connect.config_from_args``); here, so that building
+    csboot's parser does not import the MQTT client."""
+    g = p.add_argument_group("broker (like agent.toml)")
+    g.add_argument("-c", "--config", metavar="TOML", help="controller config: broker, tls, auth")
+    g.add_argument("--broker", action="append", metavar="URL", help="mqtt[s]://HOST[:PORT]")
+    g.add_argument("--prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
+    g.add_argument("--ca", type=Path, help="CA bundle for mqtts://")
+    g.add_argument("--cert", type=Path, help="client certificate")
+    g.add_argument("--key", type=Path, help="client certificate key")
+    g.add_argument("--username")
+    g.add_argument("--password-file", type=Path)
 
 
 def _error(exc: BootstrapError, code: int = 1) -> int:
@@ -139,7 +154,6 @@ def cmd_broker_acl(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bootstrap.fleet.connect import add_broker_args
 
     p = sub.add_parser("rollout", help="roll a role's new version out in waves over MQTT")
     p.add_argument("-f", "--file", required=True, metavar="DOC", help="the Role document")

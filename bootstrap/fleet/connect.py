@@ -40,18 +40,6 @@ class FleetConfig(BaseModel):
     inventory: Path | None = None  # the controller TOML's ``inventory = "FILE"``
 
 
-def add_broker_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("broker (like agent.toml)")
-    g.add_argument("-c", "--config", metavar="TOML", help="controller config: broker, tls, auth")
-    g.add_argument("--broker", action="append", metavar="URL", help="mqtt[s]://HOST[:PORT]")
-    g.add_argument("--prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
-    g.add_argument("--ca", type=Path, help="CA bundle for mqtts://")
-    g.add_argument("--cert", type=Path, help="client certificate")
-    g.add_argument("--key", type=Path, help="client certificate key")
-    g.add_argument("--username")
-    g.add_argument("--password-file", type=Path)
-
-
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     data: dict[str, object] = {}
     if args.config:

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 
-from bootstrap.engine.transaction import Check
+from bootstrap.engine.check import Check
 from bootstrap.errors import BootstrapError
 from bootstrap.host.root import HostRoot
-from bootstrap.model.spec import CLOUDSTACK_NIC_PATTERN
+from bootstrap.model.names import CLOUDSTACK_NIC_PATTERN
 
 __all__ = ["AgentFacts", "Link", "OvsView", "evaluate", "gather", "run_cloudstack_checks"]
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import ssl
 
-from bootstrap.engine.transaction import Check
+from bootstrap.engine.check import Check
 
 
 async def tls_answers(host: str, port: int, timeout: float = 2.0) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bootstrap.engine.transaction import Check
+from bootstrap.engine.check import Check
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec
 

@@ -25,13 +25,11 @@ from pydantic import (
 )
 
 from bootstrap.model.hoststeps import Packages, Time
+from bootstrap.model.names import CLOUDSTACK_NIC_PATTERN
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""
 
-# CloudStack's agent finds the physical port of a bridge by these name prefixes
-# (LibvirtComputingResource.ifNamePatterns); a port it cannot recognise breaks it.
-CLOUDSTACK_NIC_PATTERN = re.compile(r"^(eth|bond|vlan|vx|em|ens|eno|enp|team|enx|dummy|p\d+p\d+)")
 # ':' is how ifconfig spelt alias addresses (eth0:1): the kernel refuses it in a link name.
 _IFNAME_CHARS = re.compile(r"^[A-Za-z0-9_.-]+$")
 

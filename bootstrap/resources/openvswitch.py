@@ -288,7 +288,7 @@ def _interface_names(b: OvsBridge) -> set[str]:
     return {b.name, *(f.name for f in b.fake_bridges)} | uplink
 
 
-def _errors(client: OvsdbClient, target: OvsState, settle: float = 2.0) -> list[str]:
+def _errors(client: OvsdbClient, target: OvsState, settle: float = 10.0) -> list[str]:
     """What ovs-vswitchd made of our rows: bridges it could not open and ports it did not
     attach (no ofport) or attached with an error. Empty when all is well."""
     names = {n for b in target.bridges for n in _interface_names(b)}
@@ -299,7 +299,9 @@ def _errors(client: OvsdbClient, target: OvsState, settle: float = 2.0) -> list[
     def attached(iface: Row) -> bool:
         return bool(iface.ofport) and iface.ofport[0] >= 0
 
-    # ofport is written with cur_cfg, but give a slow vswitchd a moment before judging.
+    # ofport is written with cur_cfg, but give a slow vswitchd time before judging: on a
+    # loaded machine (100 simulated hosts on 2 cores) 2 s was not enough. It returns as soon
+    # as every interface is attached or has an error, so only a silent failure waits it out.
     client.wait_until(lambda: all(attached(i) or i.error for i in interfaces().values()), settle)
     found = interfaces()
     errors: list[str] = []

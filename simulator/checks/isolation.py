@@ -1,13 +1,12 @@
 """Isolation: tagged frames injected on one VLAN never appear on another VLAN's bridge.
 
-Senders (up to four hosts) inject broadcast frames with scapy on their uplink, tagged with
+Senders (up to four hosts) inject broadcast frames on their uplink (a packet socket made
+inside the host's namespace, driven from this process), tagged with
 each guest VLAN and carrying a marker (run token, sender, VLAN). Every guest of every host
 listens on its bridge port at the same time, through raw packet sockets opened inside the
 guest namespaces. A marker of VLAN v seen on a VLAN w != v bridge is a leak. As a positive
 control, each VLAN's frames must be seen on that VLAN somewhere, or the check proves
 nothing and fails; a single host that misses its own VLAN's frames is left to ``reach``.
-
-The scapy sender inside the host namespaces is :mod:`simulator.checks.helper`.
 """
 
 from __future__ import annotations
@@ -17,14 +16,16 @@ import contextlib
 import secrets
 import select
 import socket
-import sys
+import struct
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from simulator.checks import CheckResult, Row, run_in
+from simulator.checks import CheckResult, Row
+from simulator.checks.helper import ETHERTYPE, marker
+from simulator.checks.prober import in_namespace
 from simulator.checks.reach import attach_guests
 from simulator.fabric import in_netns
+from simulator.hosts import SimHost
 
 if TYPE_CHECKING:
     from simulator.fleet import Sim
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["check_isolation"]
 
 ETH_P_ALL = 0x0003
-HELPER = Path(__file__).with_name("helper.py")
 MAX_SENDERS = 4
+SETTLE = 1.0  # seconds every sniffer keeps listening after the last frame was sent
 
 
 async def check_isolation(sim: Sim) -> CheckResult:
@@ -54,33 +55,13 @@ async def check_isolation(sim: Sim) -> CheckResult:
             socks[s] = (host.name, vlan)
     senders = list(sim.hosts.values())[:MAX_SENDERS]
     try:
-        sent = await asyncio.gather(
-            *(
-                run_in(
-                    host.ns,
-                    sys.executable,
-                    str(HELPER),
-                    "send",
-                    host.layout.uplink,
-                    token,
-                    host.name,
-                    *map(str, vlans),
-                    timeout=300,
-                )
-                for host in senders
-            )
-        )
-        for host, (code, _out, err) in zip(senders, sent, strict=True):
-            if code != 0:
-                result.rows.append(
-                    Row(
-                        f"inject from {host.name}",
-                        False,
-                        f"scapy failed: {err.strip()[-200:]}",
-                        (host.name,),
-                    )
-                )
-        seen = _collect(socks, token, settle=1.0)
+        for host in senders:
+            try:
+                await _inject(host, token, vlans)
+            except OSError as exc:
+                subject = f"inject from {host.name}"
+                result.rows.append(Row(subject, False, f"cannot send: {exc}", (host.name,)))
+        seen = await asyncio.to_thread(_collect, socks, token, settle=SETTLE)
     finally:
         for s in socks:
             s.close()
@@ -120,6 +101,33 @@ async def check_isolation(sim: Sim) -> CheckResult:
             )
         )
     return result
+
+
+def frames(token: str, sender: str, vlans: list[int]) -> list[bytes]:
+    """Broadcast frames tagged with each VLAN, carrying the marker (run token, sender, VLAN)."""
+    head = b"\xff" * 6 + bytes.fromhex("02cb00000001")
+    return [
+        head + struct.pack("!HHH", 0x8100, v, ETHERTYPE) + marker(token, sender, v) + b"\0" * 32
+        for v in vlans
+    ]
+
+
+async def _inject(host: SimHost, token: str, vlans: list[int]) -> None:
+    """The frames, three times, from a packet socket on the host's uplink (made inside it)."""
+
+    def packet_socket() -> socket.socket:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind((host.layout.uplink, 0))
+        return s
+
+    sock = await in_namespace(host.ns, packet_socket)
+    try:
+        for _ in range(3):
+            for frame in frames(token, host.name, vlans):
+                sock.send(frame)
+            await asyncio.sleep(0.05)  # a burst spread out, as scapy's ``inter`` did
+    finally:
+        sock.close()
 
 
 def _collect(

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from simulator.checks import CheckResult, Row, gather_limited, ping
+from simulator.checks import CheckResult, Row
+from simulator.checks.prober import Forget, IcmpProbe, Neighbour, ping_all, set_neighbours
 from simulator.hosts import Guest, SimHost
 from simulator.namespaces import Namespace
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["PROBE_NET", "attach_guests", "check_reach"]
 
 PROBE_NET = ipaddress.IPv4Network("172.31.0.0/16")
+EXPECTED_DEADLINE = 15.0  # seconds an expected path may take to answer
+LEAK_DEADLINE = 2.5  # seconds a forbidden path is given to answer (ARP retries at 1 s)
 
 
 def guest_addresses(
@@ -39,6 +42,7 @@ def guest_addresses(
 
 def _attach_host(sim: Sim, host: SimHost) -> dict[tuple[str, int], str]:
     problems: dict[tuple[str, int], str] = {}
+    wired: list[int] = []
     for vlan in sim.layout.reach_vlans():
         bridge = host.layout.bridges.get(vlan)
         if bridge is None or vlan in host.guests:
@@ -54,9 +58,14 @@ def _attach_host(sim: Sim, host: SimHost) -> dict[tuple[str, int], str]:
             gns.remove()  # half-made (that check was interrupted): make it again
         sim.record_namespace(gns.name)
         gns = Namespace.create(gns.name)
-        why = host.attach_guest(gns, vlan, bridge, own, probe)
+        why = host.attach_guest(gns, vlan, bridge, own, probe, ovs_port=False)
         if why is not None:
             problems[(host.name, vlan)] = why
+        else:
+            wired.append(vlan)
+    for vlan, why in host.add_guest_ports(wired).items():  # one OVS transaction per host
+        host.guests.pop(vlan, None)
+        problems[(host.name, vlan)] = why
     return problems
 
 
@@ -77,85 +86,142 @@ class _Ping:
     expect: bool
     hosts: tuple[str, ...]
     group: str
+    source: str = ""  # the source address, when the ping's neighbour entries are forgotten
+    peer: Namespace | None = None  # the namespace holding ``address``
+    arp: bool = True  # resolved by ARP; else over neighbour entries installed for the check
+
+
+def _addresses(ns: Namespace) -> dict[str, tuple[int, str]]:
+    """IPv4 address -> (index, MAC) of the interface that holds it, in ``ns``."""
+    with ns.iproute() as ipr:
+        macs = {int(li["index"]): str(li.get_attr("IFLA_ADDRESS")) for li in ipr.get_links()}
+        return {
+            str(a.get_attr("IFA_ADDRESS")): (int(a["index"]), macs.get(int(a["index"]), ""))
+            for a in ipr.get_addr(family=2)
+        }
+
+
+def _probes(pings: list[_Ping]) -> tuple[list[IcmpProbe], list[Neighbour]]:
+    """The pings as probes: an ARP ping forgets the entries it makes (see prober); the
+    others need the permanent entries returned (both ways), to be installed first."""
+    spaces = {p.ns.name: p.ns for p in pings} | {p.peer.name: p.peer for p in pings if p.peer}
+    with ThreadPoolExecutor(4) as pool:
+        where = dict(zip(spaces, pool.map(_addresses, spaces.values()), strict=True))
+    deadline = {True: EXPECTED_DEADLINE, False: LEAK_DEADLINE}
+    out, static = [], []
+    for p in pings:
+        forget = None
+        if p.peer is not None:
+            src, dst = where[p.ns.name].get(p.source), where[p.peer.name].get(p.address)
+            if src is not None and dst is not None:
+                if p.arp:
+                    forget = Forget(src[0], p.peer, dst[0], p.source)
+                else:
+                    static.append(Neighbour(p.ns, src[0], p.address, dst[1]))
+                    static.append(Neighbour(p.peer, dst[0], p.source, src[1]))
+        out.append(IcmpProbe(p.ns, p.address, deadline[p.expect], forget))
+    return out, static
 
 
 def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], list[Row]]:
-    """Every ping to send (and rows for guests that could not even be attached)."""
+    """Every ping to send (and rows for guests that could not even be attached).
+
+    Reach is proven for *every* pair of hosts on every VLAN: one echo round trip proves
+    both directions, so each unordered pair is pinged once per address (management; the
+    VLAN's own subnet one way, the shared subnet the other). The shared-subnet pings that
+    must *not* reach go between the ``peers`` (all up to 8 hosts, a ring beyond). An
+    expected path keeps asking for EXPECTED_DEADLINE (a loaded machine answers late; a real
+    fault fails anyway); a reply where none is allowed fails at once: one leak is a leak,
+    and LEAK_DEADLINE covers the ARP retries that would find it.
+    """
     pings: list[_Ping] = []
     rows: list[Row] = []
     broker = str(sim.net.broker.address.ip)
     for host in sim.hosts.values():
-        pings.append(
-            _Ping(
-                host.ns,
-                broker,
-                f"{host.name} -> broker {broker} (mgmt)",
-                True,
-                (host.name,),
-                "broker",
-            )
-        )
-    pairs = sim.layout.peers()
+        subject = f"{host.name} -> broker {broker} (mgmt)"
+        pings.append(_Ping(host.ns, broker, subject, True, (host.name,), "broker"))
+    hosts = sim.layout.hosts
+    pairs = [(a, b) for i, a in enumerate(hosts) for b in hosts[i + 1 :]]
+    n = len(hosts)
+    ring = {(hosts[i].name, hosts[(i + 1) % n].name) for i in range(n)}
+    arp = {frozenset(p) for p in ring}  # these pairs resolve by ARP; see check_reach
     for a, b in pairs:
+        ha, hb = sim.hosts[a.name], sim.hosts[b.name]
         pings.append(
             _Ping(
-                sim.hosts[a.name].ns,
+                ha.ns,
                 str(b.mgmt.ip),
                 f"{a.name} -> {b.name} mgmt",
                 True,
                 (a.name, b.name),
                 "mgmt",
+                str(a.mgmt.ip),
+                hb.ns,
+                frozenset((a.name, b.name)) in arp,
             )
         )
     for vlan in sim.layout.reach_vlans():
         group = f"vlan {vlan}"
         for a, b in pairs:
             both = (a.name, b.name)
-            subject = f"{a.name} -> {b.name} vlan {vlan}"
             rows += [
-                Row(subject, False, problems[(n, vlan)], (n,), group)
+                Row(f"{a.name} -> {b.name} vlan {vlan}", False, problems[(n, vlan)], (n,), group)
                 for n in both
                 if (n, vlan) in problems
             ]
             ga, gb = sim.hosts[a.name].guests.get(vlan), sim.hosts[b.name].guests.get(vlan)
             if ga is None or gb is None:
                 continue
-            pings.append(_Ping(ga.ns, str(gb.address.ip), subject, True, both, group))
-            pings.append(
-                _Ping(ga.ns, str(gb.probe.ip), f"{subject} (shared subnet)", True, both, group)
-            )
+            by_arp = frozenset(both) in arp
+            subject = f"{a.name} -> {b.name} vlan {vlan}"
+            src, dst = str(ga.address.ip), str(gb.address.ip)
+            pings.append(_Ping(ga.ns, dst, subject, True, both, group, src, gb.ns, by_arp))
+            subject = f"{b.name} -> {a.name} vlan {vlan} (shared subnet)"
+            src, dst = str(gb.probe.ip), str(ga.probe.ip)
+            pings.append(_Ping(gb.ns, dst, subject, True, both, group, src, ga.ns, by_arp))
+        for a, b in sim.layout.peers():
+            ga = sim.hosts[a.name].guests.get(vlan)
+            if ga is None:
+                continue
             for w, gw in sim.hosts[b.name].guests.items():
                 if w != vlan:
+                    subject = f"{a.name} vlan {vlan} -/-> {b.name} vlan {w} (same subnet)"
                     pings.append(
                         _Ping(
                             ga.ns,
                             str(gw.probe.ip),
-                            f"{a.name} vlan {vlan} -/-> {b.name} vlan {w} (same subnet)",
+                            subject,
                             False,
-                            both,
+                            (a.name, b.name),
                             f"isolation {vlan}",
+                            str(ga.probe.ip),
+                            gw.ns,
                         )
                     )
     return pings, rows
 
 
 async def check_reach(sim: Sim) -> CheckResult:
+    """Two rounds. First the pings that resolve by ARP: to the broker, between neighbours
+    on a ring (so every host and guest ARPs and is ARPed on every VLAN) and every ping that
+    must not reach (a leak shows as an ARP answer). Then every other pair, over permanent
+    neighbour entries installed for this round and removed after it: the machine's ARP
+    table holds 1024 dynamic entries for every namespace together (``gc_thresh3``), fewer
+    than 100 hosts' pairs need, and permanent entries do not count."""
     problems = await asyncio.to_thread(attach_guests, sim)  # pyroute2's sync API
     pings, rows = _plan(sim, problems)
-    answers = await gather_limited(
-        [ping(p.ns, p.address, deadline=5.0 if p.expect else 1.5) for p in pings], limit=24
-    )
-    # A loaded machine (100 hosts on 2 cores) drops the odd first attempt: expected paths
-    # that failed get one slower second chance; a real fault fails both times. A reply
-    # where none is allowed is never retried: one leak is a leak.
-    again = [
-        i for i, (p, got) in enumerate(zip(pings, answers, strict=True)) if p.expect and not got
-    ]
-    retried = await gather_limited(
-        [ping(pings[i].ns, pings[i].address, deadline=10.0) for i in again], limit=8
-    )
-    for i, got in zip(again, retried, strict=True):
-        answers[i] = got
+    answers = [False] * len(pings)
+    for by_arp in (True, False):
+        # leaks first: they wait out their deadline while the rest run
+        chosen = [i for i, p in enumerate(pings) if p.arp == by_arp]
+        order = sorted(chosen, key=lambda i: pings[i].expect)
+        probes, static = await asyncio.to_thread(_probes, [pings[i] for i in order])
+        await set_neighbours(static, present=True)
+        try:
+            for i, got in zip(order, await ping_all(probes), strict=True):
+                answers[i] = got
+        finally:
+            await set_neighbours(static, present=False)
     for p, got in zip(pings, answers, strict=True):
         detail = ("reaches" if got else "no reply") + ("" if got == p.expect else " (unexpected)")
         rows.append(Row(p.subject, got == p.expect, detail, p.hosts, p.group))

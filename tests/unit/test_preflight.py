@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.engine.transaction import Check
+from bootstrap.engine.check import Check
 from bootstrap.host.preflight import Facts, Nic, evaluate, gather_facts, parse_version
 from bootstrap.host.root import HostRoot
 

@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 
 from bootstrap.agent.status import status_document
+from bootstrap.engine.check import Check
 from bootstrap.engine.resource import Change
-from bootstrap.engine.transaction import Check
 from bootstrap.errors import InvalidStatus, StaleDocument
 from bootstrap.fleet.status import render, rows
 from bootstrap.fleet.view import FleetView

@@ -1,0 +1,199 @@
+"""Our simulated fleet and Mininet's pingall, back to back at each size, in one run.
+
+    sudo .venv/bin/python bench/compare.py [--sizes 10,50,100,200] [--repeat 1] [--write FILE]
+
+For each size N: ``bench/sim_scale.py`` on ``nets/scale-100.yaml`` with N hosts (up, first
+rollout, reach over every pair on every VLAN, isolation, ports, migration, cloudstack,
+down), then ``mn --topo single,N --switch lxbr --controller none --test pingall``. Mininet
+runs inside a namespace of its own (``<run>-mininet``), so its switch and links never touch
+the machine's namespace (its tuning of machine-wide sysctls fails there, harmlessly: both
+tools get the same kernel). Prints the tables; ``--write`` puts them into the marked
+section of docs/benchmarks.md with the machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sim_scale import run, sized
+
+from simulator.namespaces import Namespace, new_run_id, remove_all
+
+BEGIN, END = "<!-- bench:compare:begin -->", "<!-- bench:compare:end -->"
+PHASES = (
+    "up",
+    "rollout",
+    "check.guests",
+    "check.reach",
+    "check.isolation",
+    "check.ports",
+    "check.migration",
+    "check.cloudstack",
+    "check",
+    "down",
+    "total",
+)
+
+
+def mininet(hosts: int) -> dict[str, Any]:
+    """Mininet's pingall of ``hosts`` hosts on one Linux bridge, in a namespace of its own."""
+    ns = Namespace.create(f"{new_run_id()}-mininet")
+    argv = ["mn", "--topo", f"single,{hosts}", "--switch", "lxbr", "--controller", "none"]
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns.name, *argv, "--test", "pingall"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=1800,
+        )
+    finally:
+        wall = time.monotonic() - t0
+        remove_all([ns])
+    out = done.stdout + done.stderr
+    dropped = re.search(r"Results: (\d+)% dropped \((\d+)/(\d+) received\)", out)
+    completed = re.search(r"completed in ([\d.]+) seconds", out)
+    return {
+        "seconds": round(wall, 1),
+        "completed_in": float(completed.group(1)) if completed else None,
+        "received": f"{dropped.group(2)}/{dropped.group(3)}" if dropped else None,
+        "dropped_pct": int(dropped.group(1)) if dropped else None,
+        "exit": done.returncode,
+        "tail": out.strip().splitlines()[-3:],
+    }
+
+
+def machine() -> str:
+    mem = Path("/proc/meminfo").read_text().split()[1]
+    osr = dict(
+        line.split("=", 1)
+        for line in Path("/etc/os-release").read_text().splitlines()
+        if "=" in line
+    )
+    return (
+        f"{os.cpu_count()} cores, {int(mem) / 2**20:.0f} GiB, "
+        f"{osr.get('PRETTY_NAME', '?').strip(chr(34))}, kernel {platform.release()}"
+    )
+
+
+def markdown(rows: list[dict[str, Any]], when: str) -> str:
+    out = [f"Measured {when} on {machine()}, with other work running.", ""]
+    for r in rows:
+        ours, mn = r["ours"], r["mininet"]
+        ratio = ours["seconds"]["total"] / mn["seconds"] if mn["seconds"] else float("nan")
+        checks = ", ".join(
+            f"{k} {'ok' if c['ok'] else 'FAIL'} ({c['rows']} rows)"
+            for k, c in ours["checks"].items()
+        )
+        out += [
+            f"### {r['hosts']} hosts",
+            "",
+            "| phase | ours (s) |",
+            "|---|---|",
+            *(f"| {k} | {ours['seconds'][k]:.1f} |" for k in PHASES if k in ours["seconds"]),
+            f"| **Mininet pingall, wall** ({mn['received'] or '?'} received) | "
+            f"**{mn['seconds']:.1f}** |",
+            f"| **ratio ours / Mininet** | **{ratio:.2f}** |",
+            "",
+            f"Ours: {ours['converged']}/{ours['hosts']} converged; {checks}. Mininet's own "
+            f"`completed in`: {mn['completed_in']} s.",
+            "",
+            *_cpu_table(ours),
+        ]
+    sizes = [r["hosts"] for r in rows]
+    out += ["### Scaling (ours, seconds per phase)", ""]
+    out += ["| phase | " + " | ".join(map(str, sizes)) + " |", "|---|" + "---|" * len(sizes)]
+    for k in PHASES:
+        vals = [r["ours"]["seconds"].get(k) for r in rows]
+        out.append(f"| {k} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
+    mns = " | ".join(f"{r['mininet']['seconds']:.1f}" for r in rows)
+    out.append(f"| Mininet pingall | {mns} |")
+    return "\n".join(out) + "\n"
+
+
+def _cpu_table(ours: dict[str, Any]) -> list[str]:
+    """Where the time goes: CPU seconds each part of the fleet used in each phase."""
+    cpu: dict[str, dict[str, float]] = ours.get("cpu") or {}
+    if not cpu:
+        return []
+    parts = list(next(iter(cpu.values())))
+    out = [
+        "| CPU seconds | " + " | ".join(parts) + " |",
+        "|---|" + "---|" * len(parts),
+        *(
+            f"| {phase} | " + " | ".join(f"{v.get(p, 0):.1f}" for p in parts) + " |"
+            for phase, v in cpu.items()
+        ),
+    ]
+    at = ours.get("converged_at") or {}
+    if at:
+        out.append("")
+        out.append(
+            f"Hosts converged after {at.get('median')} s (median), {at.get('p90')} s (p90), "
+            f"{at.get('last')} s (last) from the publish; a host said `applying` after "
+            f"{at.get('applying_median')} s and took {at.get('apply_median')} s from there "
+            "to `converged` (medians)."
+        )
+    return [*out, ""]
+
+
+def write(path: Path, text: str) -> None:
+    doc = path.read_text()
+    if BEGIN not in doc:
+        doc += f"\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN, 1)
+    _old, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--net", default="nets/scale-100.yaml")
+    p.add_argument("--sizes", default="10,50,100,200")
+    p.add_argument("--write", metavar="FILE", help="update FILE's marked section")
+    p.add_argument("--json", metavar="FILE", help="also dump the raw results")
+    p.add_argument("--from-json", metavar="FILE", help="render earlier results, run nothing")
+    p.add_argument("--when", help="the date of --from-json results")
+    args = p.parse_args()
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        text = markdown(rows, args.when or "earlier")
+        print(text)
+        if args.write:
+            write(Path(args.write), text)
+        return 0
+    rows = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        print(f"== {n} hosts: ours", file=sys.stderr, flush=True)
+        ours = run(sized(args.net, n))
+        print(f"   {json.dumps(ours['seconds'])} ok={ours['ok']}", file=sys.stderr)
+        print(f"== {n} hosts: Mininet", file=sys.stderr, flush=True)
+        mn = mininet(n)
+        print(f"   {mn['seconds']} s, {mn['received']} received", file=sys.stderr)
+        rows.append({"hosts": n, "ours": ours, "mininet": mn})
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = markdown(rows, when)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.write:
+        write(Path(args.write), text)
+    return 0 if all(r["ours"]["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
