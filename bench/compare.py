@@ -141,13 +141,16 @@ def _cpu_table(ours: dict[str, Any]) -> list[str]:
     ]
     at = ours.get("converged_at") or {}
     if at:
-        out.append("")
-        out.append(
+        line = (
             f"Hosts converged after {at.get('median')} s (median), {at.get('p90')} s (p90), "
-            f"{at.get('last')} s (last) from the publish; a host said `applying` after "
-            f"{at.get('applying_median')} s and took {at.get('apply_median')} s from there "
-            "to `converged` (medians)."
+            f"{at.get('last')} s (last) from the publish"
         )
+        if at.get("applying_median") is not None:
+            line += (
+                f"; a host started applying after {at['applying_median']} s and took "
+                f"{at.get('apply_median')} s from there to `converged` (medians)"
+            )
+        out += ["", line + "."]
     return [*out, ""]
 
 

@@ -1,4 +1,4 @@
-"""End-to-end checks of a simulated fleet: results as data, shared helpers to run probes.
+"""End-to-end checks of a simulated fleet: results as data (probes: :mod:`.prober`).
 
 Every check returns a :class:`CheckResult`: one row per thing it tested, and ``hosts``, the
 hosts it blames. A check that cannot fail is a defect, so each one also carries a positive
@@ -7,17 +7,12 @@ control where that makes sense (a sniffer that sees nothing proves nothing).
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from simulator.namespaces import Namespace
-
-__all__ = ["CheckResult", "Row", "blame", "gather_limited", "ping"]
-
-T = TypeVar("T")
+__all__ = ["CheckResult", "Row", "blame"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,48 +73,3 @@ def blame(rows: Iterable[Row]) -> list[str]:
         culprits = {h for h, n in bad.items() if n == total[h]}
         named |= culprits or set(bad)
     return sorted(named)
-
-
-async def gather_limited(aws: Sequence[Awaitable[T]], limit: int = 16) -> list[T]:
-    """Run awaitables concurrently, at most ``limit`` at a time (the machine has 2 cores)."""
-    sem = asyncio.Semaphore(limit)
-
-    async def one(aw: Awaitable[T]) -> T:
-        async with sem:
-            return await aw
-
-    return list(await asyncio.gather(*(one(a) for a in aws)))
-
-
-async def run_in(ns: Namespace, *argv: str, timeout: float = 30.0) -> tuple[int, str, str]:
-    proc = await ns.exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, "", f"timed out after {timeout:g}s"
-    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
-
-
-async def ping(ns: Namespace, address: str, *, deadline: float = 5.0) -> bool:
-    """ARP + ICMP from inside ``ns``: True as soon as one echo reply comes back.
-
-    ``-c 1 -w DEADLINE`` keeps sending (every 0.2 s) until the first reply or the deadline,
-    so a slow ARP on a busy machine costs time, not a false failure.
-    """
-    code, _out, _err = await run_in(
-        ns,
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        "1",
-        "-i",
-        "0.2",
-        "-w",
-        f"{deadline:g}",
-        address,
-        timeout=deadline + 10,
-    )
-    return code == 0
