@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import resource
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -302,10 +303,23 @@ async def _connect(sock: socket.socket, address: str, port: int, timeout: float)
     return True
 
 
-async def tcp_all(probes: Sequence[TcpProbe], *, batch: int = 4096) -> list[bool]:
-    """TCP connects, ``batch`` at a time; a failure is retried once, three times slower
-    (a busy machine can miss a handshake: ask again before calling a port closed)."""
+def fd_budget(cap: int = 4096) -> int:
+    """How many sockets a batch may hold open: the soft open-files limit raised to the hard
+    one where it is lower (1024 by default in the VM), with room left for everything else."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return max(64, min(cap, (soft - 256) // 2))
+
+
+async def tcp_all(probes: Sequence[TcpProbe], *, batch: int | None = None) -> list[bool]:
+    """TCP connects, ``batch`` at a time (default: what the open-files limit allows); a
+    failure is retried once, three times slower (a busy machine can miss a handshake: ask
+    again before calling a port closed)."""
     got: list[bool] = [False] * len(probes)
+    batch = batch or fd_budget()
 
     async def run(indices: list[int], slow: float) -> None:
         for start in range(0, len(indices), batch):
