@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,59 +16,13 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from simulator.broker import Mosquitto
-from simulator.namespaces import Namespace
-from simulator.ovs import OvsDaemons
-from tests.mqtt.conftest import HOST, PREFIX, AgentProcess, Client
 
+# the fixtures of tests/mqtt (a real mosquitto, agents, ...) and tests/netns (per-namespace
+# OVS daemons), re-exported rather than copied
+from tests.mqtt.conftest import HOST, PREFIX, AgentProcess, Client, agents, broker, client, root
+from tests.netns.conftest import ovs_daemons
 
-@pytest.fixture(name="ovs_daemons")
-def ovs_daemons_fixture(
-    run_id: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[Namespace], OvsDaemons]]:
-    """As in tests/netns/conftest.py: per-namespace OVS daemons, stopped after the test."""
-    started: list[OvsDaemons] = []
-
-    def start(ns: Namespace) -> OvsDaemons:
-        daemons = OvsDaemons(tmp_path_factory.mktemp(ns.name.removeprefix(f"{run_id}-")), ns)
-        started.append(daemons.start())
-        return daemons
-
-    yield start
-    for daemons in reversed(started):
-        daemons.stop()
-
-
-# the MQTT tests' fixtures (tests/mqtt/conftest.py), for these tests too
-@pytest.fixture(name="broker")
-def broker_fixture(tmp_path: Path) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path / "broker") as mosq:
-        yield mosq
-
-
-@pytest.fixture(name="client")
-def client_fixture(broker: Mosquitto) -> Client:
-    return Client(broker)
-
-
-@pytest.fixture(name="root")
-def root_fixture(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture(name="agents")
-def agents_fixture() -> Iterator[Callable[..., AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def start(config: Path, *extra: str, env: dict[str, str] | None = None) -> AgentProcess:
-        agent = AgentProcess(config, *extra, env=env)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill(signal.SIGTERM)
+__all__ = ["agents", "broker", "client", "ovs_daemons", "root"]
 
 
 class Publisher:
