@@ -35,6 +35,7 @@ from simulator.namespaces import Namespace, new_run_id, remove_all
 BEGIN, END = "<!-- bench:compare:begin -->", "<!-- bench:compare:end -->"
 PHASES = (
     "up",
+    "settle",
     "rollout",
     "check.guests",
     "check.reach",

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -75,12 +76,29 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
     return {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
 
 
+def agents_idle(fleet: Sim, window: float = 0.5, limit: float = 120.0) -> float:
+    """Seconds until the agents went quiet: every agent warms up (imports its engine)
+    once READY, and a rollout measures agents that are running, not starting. Quiet =
+    the agents together used less than 0.5 % CPU each over one ``window``."""
+    t0 = time.monotonic()
+    pids = [h.agent.pid for h in fleet.hosts.values() if h.agent is not None]
+    before = sum(map(_cpu, pids))
+    while time.monotonic() - t0 < limit:
+        time.sleep(window)  # a measuring window, not a wait for an event
+        after = sum(map(_cpu, pids))
+        if after - before < 0.005 * window * len(pids) + 1.0 / TICK:
+            break
+        before = after
+    return time.monotonic() - t0
+
+
 def run(net: str) -> dict[str, Any]:
     """Up, rollout, every check, down: the summary (seconds per phase, checks, ok) and
     the CPU seconds each part of the fleet used per phase (where the time goes)."""
     t0 = time.monotonic()
     fleet = Sim.up(net)
     up = time.monotonic() - t0
+    settle = agents_idle(fleet)
     results = []
     cpu: dict[str, dict[str, float]] = {}
     try:
@@ -99,7 +117,11 @@ def run(net: str) -> dict[str, Any]:
     finally:
         fleet.down()
     total = time.monotonic() - t0
-    phases = {"up": up, **{k: v for k, v in fleet.timings.items() if k not in ("fabric", "hosts")}}
+    phases = {
+        "up": up,
+        "settle": settle,
+        **{k: v for k, v in fleet.timings.items() if k not in ("fabric", "hosts")},
+    }
     phases["total"] = total
     ok = converged == len(rows) and bool(results) and all(r.ok for r in results)
     return {
@@ -137,6 +159,8 @@ def main() -> int:
     p.add_argument("--hosts", type=int, help="override the net's host count")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    # SIGTERM (timeout, kill) tears the fleet down like Ctrl-C does, through run()'s finally
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         summary = run(sized(args.net, args.hosts))
     except SimError as exc:

@@ -8,6 +8,7 @@ DEB_PACKAGES=(
   mosquitto mosquitto-clients          # the embedded broker and a client we did not write
   rabbitmq-server                      # a broker we did not write: its MQTT plugin (tests/faults)
   openvswitch-switch openvswitch-common # ovsdb-server / ovs-vswitchd (userspace datapath here)
+  python3-openvswitch                  # the OVS IDL with its C JSON parser (linked into .venv)
   nftables python3-nftables            # libnftables and its JSON API binding
   qemu-system-x86                      # live-migration guests and the full-kernel VM
   iproute2 iputils-ping procps util-linux  # namespaces (nsenter) for tests; ping for humans
@@ -57,3 +58,13 @@ fi
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 [ -e "$site/nftables" ] || ln -s /usr/lib/python3/dist-packages/nftables "$site/nftables"
 .venv/bin/python -c 'import nftables' 2>/dev/null || { echo "setup: nftables binding unusable" >&2; exit 2; }
+# The OVS IDL likewise: Debian's, which matches the daemons and parses JSON in C (PyPI's
+# `ovs` builds its parser only against libopenvswitch headers, which Debian 12 lacks).
+if [ -d "$site/ovs" ] && [ ! -L "$site/ovs" ]; then .venv/bin/pip uninstall -q -y ovs; fi
+[ -e "$site/ovs" ] || ln -s /usr/lib/python3/dist-packages/ovs "$site/ovs"
+.venv/bin/python -c 'import ovs.json; assert ovs.json.PARSER == ovs.json.PARSER_C' 2>/dev/null \
+  || { echo "setup: the OVS IDL's C parser is unusable" >&2; exit 2; }
+# Agents start from bytecode, not source: where PYTHONDONTWRITEBYTECODE is set (this
+# machine's and CI's environment) nothing else would write it, and every simulated agent
+# compiled the whole package at start. A stale .pyc is only ignored, never wrong.
+.venv/bin/python -m compileall -q -j0 bootstrap simulator >/dev/null

@@ -83,6 +83,12 @@ class Fabric:
                 SWITCH_BRIDGE,
                 "datapath_type=netdev",
                 "fail_mode=standalone",
+                # as a datacenter switch does: IPv6/IPv4 multicast (every new interface's
+                # DAD, MLD reports, router solicitations) goes only to the ports that
+                # joined its group, not to every host (at 100 hosts that flood was most of
+                # the hosts' vswitchd CPU in a rollout); broadcast (ARP) still floods
+                "mcast_snooping_enable=true",
+                "other_config:mcast-snooping-disable-flood-unregistered=true",
             )
         else:
             with ns.iproute() as ipr:

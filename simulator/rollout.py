@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import selectors
 import subprocess
@@ -180,26 +181,37 @@ def _statuses(
     """(host, status) as they arrive, until every host is final or the deadline passes."""
     proc = broker.watch()
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     final: set[str] = set()
+    pending = b""
     try:
         while len(final) < hosts and (left := deadline - time.monotonic()) > 0:
+            # the pipe is read raw: a buffered readline() after select() can leave whole
+            # lines in Python's buffer that select() no longer reports (a fleet that went
+            # quiet with its last statuses unread waited out the deadline)
             if not sel.select(min(left, 1.0)):
                 if proc.poll() is not None:
                     return
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 return
-            topic, _, hexload = line.strip().partition(" ")
-            host = topic.split("/")[-2]
-            try:
-                status = json.loads(bytes.fromhex(hexload))
-            except ValueError:
-                continue
-            yield host, status
-            (final.add if is_final(host, status) else final.discard)(host)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                topic, _, hexload = line.decode("ascii", "replace").strip().partition(" ")
+                host = topic.split("/")[-2] if topic.count("/") >= 2 else ""
+                try:
+                    status = json.loads(bytes.fromhex(hexload))
+                except ValueError:
+                    continue
+                if not isinstance(status, dict):
+                    continue
+                yield host, status
+                (final.add if is_final(host, status) else final.discard)(host)
+                if len(final) >= hosts:
+                    return
     finally:
         proc.terminate()
         proc.wait()

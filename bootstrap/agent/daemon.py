@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -51,6 +52,14 @@ from bootstrap.model.spec import Spec
 log = logging.getLogger(__name__)
 ROLES_WAIT = 10  # debounces a burst may wait for the roles' documents (see _roles_arrive)
 
+WARM_MODULES = (
+    "bootstrap.resources.address",  # pyroute2
+    "bootstrap.resources.native",
+    "bootstrap.resources.firewall",  # libnftables
+    "bootstrap.resources.files",
+    "bootstrap.host.cloudstack",
+)
+"""What the first apply would import; loaded while the agent waits for its documents."""
 SETTLE_MAX = 10.0  # a burst of accepted documents holds the apply at most this long
 
 
@@ -432,6 +441,19 @@ class Agent:
             docs[key] = doc
         return docs
 
+    async def _warm_up(self) -> None:
+        """Import the engine's resource modules while nothing is asked of us (once READY),
+        so the first document is applied at the speed of later ones instead of paying
+        ~0.3 s of imports inside the rollout. The OVS one only where OVS runs."""
+        modules = list(WARM_MODULES)
+        if self.host.ovsdb_socket.exists():
+            modules.append("bootstrap.resources.openvswitch")
+        for name in modules:
+            try:
+                await asyncio.to_thread(importlib.import_module, name)
+            except Exception as exc:  # a broken optional binding surfaces at apply, named
+                log.debug("warm-up: %s: %s", name, exc)
+
     async def startup(self) -> None:
         """Without the broker: finish an interrupted apply, then re-apply the cached state."""
         for warning in self.warnings:
@@ -472,6 +494,7 @@ class Agent:
         if not self.once:
             self._spawn(self._converge_loop(), "converge")
             self._spawn(self._drift_loop(), "drift")
+            self._spawn(self._warm_up(), "warm-up")
         return self
 
     async def _cancel(self, *names: str) -> None:

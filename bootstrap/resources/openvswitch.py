@@ -379,13 +379,18 @@ async def _lacp_errors(host: HostRoot, bond: Uplink) -> list[str]:
 
 
 class OpenVSwitch(Resource[OvsState]):
-    """Our OVS bridges. ``want=None`` removes every bridge and port we created."""
+    """Our OVS bridges. ``want=None`` removes every bridge and port we created.
+
+    ``timeout`` bounds each wait on ovsdb-server and ovs-vswitchd: 30 s, because a
+    vswitchd on a loaded host (100 simulated ones on two cores, a hypervisor busy with
+    guests) can take more than 10 s to reconfigure, and rolling back a good change for
+    that is worse than waiting; a dead daemon still fails at once (its socket refuses)."""
 
     network = True  # can cut a network path
 
     state_type: ClassVar[Any] = OvsState
 
-    def __init__(self, host: HostRoot, want: OvsBridge | None, *, timeout: float = 10.0) -> None:
+    def __init__(self, host: HostRoot, want: OvsBridge | None, *, timeout: float = 30.0) -> None:
         self.host = host
         self.want = want
         self.timeout = timeout

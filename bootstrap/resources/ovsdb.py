@@ -4,6 +4,11 @@ The ``ovs`` library is synchronous (poll loops); callers run it in a worker thre
 ``Transaction.commit_block`` every wait here has a deadline, so a dead ovsdb-server or
 ovs-vswitchd becomes an ``OvsdbError`` instead of a hung agent. The schema is fetched from
 the server itself, so the client always matches the host's OVS version.
+
+A connection is the expensive part (the ``ovs`` library parses JSON in Python): the schema
+is fetched once per server and process (``_SCHEMAS``; dropped when a connection to that
+server fails, so an upgraded server is asked again), and the client monitors only the
+columns it reads, not the counters and status maps vswitchd keeps rewriting.
 """
 
 from __future__ import annotations
@@ -24,6 +29,39 @@ __all__ = ["DB", "OvsdbClient", "OvsdbError", "Row", "Txn", "connect"]
 
 DB = "Open_vSwitch"
 TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface")
+UNREAD = frozenset(
+    {
+        "statistics",
+        "status",
+        "rstp_statistics",
+        "rstp_status",
+        "bfd_status",
+        "cfm_fault",
+        "cfm_fault_status",
+        "cfm_health",
+        "cfm_remote_mpids",
+        "cfm_remote_opstate",
+        "lacp_current",
+        "link_resets",
+        "link_speed",
+        "link_state",
+        "duplex",
+        "admin_state",
+        "ifindex",
+        "mac_in_use",
+        "datapath_types",
+        "iface_types",
+        "dpdk_initialized",
+        "dpdk_version",
+        "ovs_version",
+        "db_version",
+        "system_type",
+        "system_version",
+    }
+)
+"""Columns vswitchd keeps rewriting (counters, link status) or that we never read: not
+monitored, so a connection does not parse them. Everything else of TABLES is."""
+_SCHEMAS: dict[str, dict[str, Any]] = {}
 
 Row = Any
 """An ``ovs.db.idl.Row``: columns are attributes (untyped in the ``ovs`` library)."""
@@ -62,11 +100,19 @@ class OvsdbClient:
         self.timeout = timeout
         if not socket.exists():
             raise OvsdbError(f"no OVSDB socket at {socket} (is ovsdb-server running?)")
-        helper = ovs.db.idl.SchemaHelper(schema_json=_schema(self.remote, timeout))
+        schema = _SCHEMAS.get(self.remote) or _schema(self.remote, timeout)
+        helper = ovs.db.idl.SchemaHelper(schema_json=schema)
         for table in TABLES:
-            helper.register_table(table)
+            columns = schema["tables"][table]["columns"]
+            helper.register_columns(table, [c for c in columns if c not in UNREAD])
         self.idl = ovs.db.idl.Idl(self.remote, helper)
-        self._run_until(self.idl.has_ever_connected, "initial sync")
+        try:
+            self._run_until(self.idl.has_ever_connected, "initial sync")
+        except OvsdbError:
+            _SCHEMAS.pop(self.remote, None)
+            self.idl.close()
+            raise
+        _SCHEMAS[self.remote] = schema
 
     def close(self) -> None:
         self.idl.close()
