@@ -28,12 +28,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2 import AsyncIPRoute
-
 from bootstrap.engine.check import Check
 from bootstrap.errors import BootstrapError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.names import CLOUDSTACK_NIC_PATTERN
+from bootstrap.netlink import AsyncIPRoute
 
 __all__ = ["AgentFacts", "Link", "OvsView", "evaluate", "gather", "run_cloudstack_checks"]
 

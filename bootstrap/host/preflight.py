@@ -214,7 +214,7 @@ def _memory_bytes() -> int:
 
 
 def _nics() -> tuple[Nic, ...]:
-    from pyroute2 import IPRoute
+    from bootstrap.netlink import IPRoute
 
     arphrd_loopback = 772
     out = []

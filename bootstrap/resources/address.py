@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from errno import EADDRNOTAVAIL, ENODEV, ESRCH
 from typing import Any, ClassVar
 
-from pyroute2 import AsyncIPRoute
-
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import ResourceError
+from bootstrap.netlink import AsyncIPRoute
 
 __all__ = ["PROTO", "AddressState", "DefaultRoute", "ManagementAddress", "Placement"]
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 import errno
 from typing import Any, ClassVar, TypeVar
 
-from pyroute2 import AsyncIPRoute, NetlinkError
-
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import InvalidDocument, ResourceError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Network
+from bootstrap.netlink import AsyncIPRoute, NetlinkError
 from bootstrap.resources.native_state import (
     BOND_MODES,
     LACP_RATE,

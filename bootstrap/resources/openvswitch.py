@@ -22,12 +22,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pyroute2 import AsyncIPRoute
-
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import ResourceError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Network
+from bootstrap.netlink import AsyncIPRoute
 from bootstrap.resources.address import ManagementAddress
 from bootstrap.resources.openvswitch_state import (
     FakeBridge,
