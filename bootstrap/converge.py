@@ -20,6 +20,7 @@ from bootstrap.host.root import HostRoot
 from bootstrap.model.document import validate_spec
 from bootstrap.model.spec import Spec
 from bootstrap.resources import resources_for
+from bootstrap.resources.fwmanager import resolve as resolve_firewall
 from bootstrap.resources.packages import install_resources
 
 
@@ -74,6 +75,9 @@ async def converge(
     do not exist yet. A rollback of the rest leaves them, and the outcome says so.
     """
     await recover_host(host)
+    # a firewall backend this host cannot honour (our table beside an active firewalld or
+    # ufw) refuses the whole transaction before anything, packages included, is applied
+    resolve_firewall(spec, host)
     installed = await make_plan(install_resources(spec, host))
     services = services_for(host.is_real)
     if installed:

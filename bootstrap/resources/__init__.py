@@ -1,7 +1,8 @@
 """One module per managed thing; ``resources_for`` lists them in apply order for a spec.
 
 Order: packages first (CloudStack's repository, then the packages; never reverted), then the
-network (links, then the management address), the firewall, files (security, libvirt, time,
+network (links, then the management address), the firewall (our nftables table, or our
+rules in firewalld / ufw: see ``fwmanager``), the kernel settings (``sysctl``), files (security, libvirt, time,
 agent.properties) and the units the packages ship. The transaction reverts in reverse order.
 """
 
@@ -33,9 +34,13 @@ def resources_for(spec: Spec, host: HostRoot, *, installs: bool = True) -> list[
 
             out += native_resources(spec.network, host)
     if spec.firewall is not None:
-        from bootstrap.resources.firewall import FirewallResource
+        from bootstrap.resources.fwmanager import manager_resources
 
-        out.append(FirewallResource(spec.firewall))
+        out += manager_resources(spec, host)
+    if spec.host is not None:
+        from bootstrap.resources.sysctl import SysctlResource
+
+        out.append(SysctlResource(spec.host, host))
     from bootstrap.resources.files import file_resources
 
     out += file_resources(spec, host)
