@@ -93,7 +93,8 @@ class ManagedHost:
         return self.run(sys.executable, "-c", code).stdout
 
     def nft_ruleset(self) -> str:
-        return self.ns.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+        """Every table of the host, without counters (traffic moves them by itself)."""
+        return self.ns.run(["nft", "--stateless", "list", "ruleset"], capture_output=True, text=True).stdout
 
     def tree(self) -> dict[str, str]:
         """Every file under the root, by content hash: 'byte for byte' in one value."""
