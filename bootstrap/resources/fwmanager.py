@@ -22,12 +22,14 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from bootstrap.engine.resource import Resource
 from bootstrap.errors import InvalidDocument, ResourceError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Firewall, Spec
+
+if TYPE_CHECKING:  # ``csboot check`` detects managers without loading the engine
+    from bootstrap.engine.resource import Resource
 
 __all__ = [
     "Backend",

@@ -68,6 +68,12 @@ def firewalld_host(
         daemon.stop()
 
 
+def _firewall_check(host: ManagedHost) -> tuple[bool, str]:
+    result = host.csboot("check", "--root", str(host.root), "--json")
+    (check,) = [c for c in json.loads(result.stdout)["checks"] if c["name"] == "firewall-ports"]
+    return check["ok"], check["detail"]
+
+
 def _ufw_rules(host: ManagedHost) -> list[str]:
     out = host.run("ufw", "show", "added").stdout.splitlines()
     return sorted(line for line in out if line.startswith("ufw "))
@@ -96,6 +102,17 @@ def test_ufw_opens_exactly_our_ports(ufw_host: tuple[ManagedHost, Namespace]) ->
         assert "cloudstack_bootstrap" not in host.nft_ruleset()  # ufw opened them, not us
         again = host.csboot("plan", "-f", str(doc), "--root", str(host.root))
         assert again.returncode == 0, again.stdout  # nothing left to change
+        assert _firewall_check(host) == (True, "ufw opens tcp 22, 5900-6100, 16509 in ufw-user-input")
+        # ufw's files still say allow, but the kernel's rule is gone: csboot check says so
+        host.run("iptables", "-D", "ufw-user-input", "-p", "tcp", "-m", "tcp", "--dport", "16509",
+                 "-j", "ACCEPT")
+        assert knock(peer, 16509) == "silent"
+        assert _firewall_check(host) == (
+            False,
+            "tcp 16509: allowed in ufw's configuration but closed in its running firewall "
+            "(ufw-user-input)",
+        )
+        host.run("ufw", "reload")
         # a revert removes exactly ours: the operator's rule stays, the files come back
         before = {n: (host.root / "etc/ufw" / n).read_bytes() for n in ("user.rules", "user6.rules")}
         script = (
@@ -150,6 +167,18 @@ def test_firewalld_opens_exactly_our_ports(
         }
         again = host.csboot("plan", "-f", str(doc), "--root", str(host.root))
         assert again.returncode == 0, again.stdout
+        assert _firewall_check(host) == (
+            True, "firewalld opens tcp 22, 5900-6100, 16509 in zone public"
+        )
+        fw.cmd("--zone=public", "--remove-service=cloudstack-bootstrap")  # runtime only
+        assert knock(peer, 16509) == "rejected"
+        assert knock(peer, 22) == "open"  # still: the zone's own ssh service
+        assert _firewall_check(host) == (
+            False,
+            "tcp 5900-6100, 16509: allowed in firewalld's configuration but closed in its "
+            "running firewall (zone public)",
+        )
+        fw.cmd("--reload")
         script = (
             "import asyncio\n"
             "from bootstrap.resources.firewalld import FirewalldResource\n"

@@ -237,3 +237,40 @@ def test_host_settings_validated_naming_the_field() -> None:
     with pytest.raises(InvalidDocument) as info:
         validate_spec({"host": {"security_groups": "yes"}})
     assert info.value.field == "spec.host.security_groups"
+
+
+# ---------------------------------------------------------------- csboot check
+
+
+def test_check_names_the_closed_port_and_the_manager() -> None:
+    from bootstrap.host.fwcheck import ManagerFacts, evaluate
+
+    facts = ManagerFacts(("ufw",), True, ((22, 22), (16509, 16509)), ((22, 22),), "ufw-user-input")
+    (check,) = evaluate(facts)
+    assert not check.ok
+    assert check.detail == (
+        "tcp 16509: allowed in ufw's configuration but closed in its running firewall "
+        "(ufw-user-input)"
+    )
+    wide = ManagerFacts(("firewalld",), True, ((5900, 5910),), ((5000, 6000),), "zone public")
+    assert evaluate(wide)[0].ok
+    assert not evaluate(ManagerFacts(("ufw",), False, ((22, 22),)))[0].ok
+    assert "opens none of our ports" in evaluate(ManagerFacts(("firewalld",), True))[0].detail
+    assert evaluate(ManagerFacts())[0].ok
+    assert not evaluate(ManagerFacts(("firewalld", "ufw")))[0].ok
+
+
+def test_check_reads_the_loaded_rules() -> None:
+    from bootstrap.host.fwcheck import ufw_running, zone_opens
+
+    saved = (
+        ":ufw-user-input - [0:0]\n"
+        "-A ufw-user-input -p tcp -m multiport --dports 5900:6100 -j ACCEPT\n"
+        "-A ufw-user-input -s 10.0.0.0/8 -p tcp -m tcp --dport 22 -j ACCEPT\n"
+        "-A ufw-user-input -p tcp -m tcp --dport 8080 -j DROP\n"
+        "-A ufw-user-input -p udp -m udp --dport 53 -j ACCEPT\n"
+    )
+    assert ufw_running(saved) == ((22, 22), (5900, 6100))
+    listing = "public\n  services: ssh cloudstack-bootstrap\n  ports: 8443/tcp 53/udp\n"
+    services = {"ssh": ("22/tcp",), "cloudstack-bootstrap": ("16509/tcp", "5900-6100/tcp")}
+    assert zone_opens(listing, services) == ((22, 22), (5900, 6100), (8443, 8443), (16509, 16509))
