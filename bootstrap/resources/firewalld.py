@@ -14,6 +14,15 @@ firewalld's documented meaning of reload, and the price of one consistent state.
 The zone: the one the management bridge is bound to (``--get-zone-of-interface``), else
 the default zone, which is where firewalld sends an interface bound to no zone.
 
+The forward path (``host.security_groups`` only): with ``bridge-nf-call-iptables = 1``
+every frame bridged between two guests passes firewalld's forward chain, which drops it
+unless both sides are interfaces *bound* to a zone that allows intra-zone forwarding
+(``<forward/>``, on in firewalld's stock zones since 1.0); an interface that merely falls
+to the default zone does not count (tests/netns/test_fwmgr.py shows both). So our Linux
+bridges are bound to the zone (``--add-interface``), unless the operator bound one to
+another zone, which we leave. A zone without ``forward`` is the operator's choice: not
+changed, and guests' bridged traffic stays dropped there.
+
 Through ``firewall-cmd`` (firewalld's own D-Bus client): it honours
 ``DBUS_SYSTEM_BUS_ADDRESS`` like any D-Bus client, so a private bus works as the system one.
 """
@@ -49,6 +58,7 @@ class FirewalldState:
     ports: tuple[str, ...] | None = None
     permanent: tuple[str, ...] = ()
     runtime: tuple[str, ...] = ()
+    elsewhere: tuple[str, ...] = ()  # our bridges the operator bound to another zone
 
 
 # ---------------------------------------------------------------- pure
@@ -72,12 +82,15 @@ def desired_entries(sources: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(rich_rule(s) for s in sources))
 
 
-def parse_zone(text: str) -> tuple[str, ...]:
+def parse_zone(text: str, bridges: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Our entries in ``firewall-cmd --zone=Z --list-all`` output."""
     entries: list[str] = []
     rich = False
     for line in text.splitlines():
         stripped = line.strip()
+        if stripped.startswith("interfaces:"):
+            bound = stripped.removeprefix("interfaces:").split()
+            entries += [f"interface {b}" for b in bridges if b in bound]
         if stripped.startswith("services:"):
             if SERVICE in stripped.removeprefix("services:").split():
                 entries.append(IN_ZONE)
@@ -161,10 +174,12 @@ class FirewalldResource(Resource[FirewalldState]):
         sources: tuple[str, ...] = (),
         *,
         interface: str | None = None,
+        bridges: tuple[str, ...] = (),
     ) -> None:
         self._ports = port_strings(ports) if ports is not None else None
         self._entries = desired_entries(sources) if ports is not None else ()
         self._interface = interface
+        self._bridges = bridges if ports is not None else ()
 
     @property
     def name(self) -> str:
@@ -174,18 +189,34 @@ class FirewalldResource(Resource[FirewalldState]):
         zone = zone_for(self._interface)
         rc, info = firewall_cmd("--permanent", f"--info-service={SERVICE}", ok=(0, 101))
         ports = parse_service(info) if rc == 0 else None
-        permanent = parse_zone(firewall_cmd("--permanent", f"--zone={zone}", "--list-all")[1])
-        runtime = parse_zone(firewall_cmd(f"--zone={zone}", "--list-all")[1])
-        return FirewalldState(zone, ports, permanent, runtime)
+        bridges = self._bridges
+        permanent = parse_zone(
+            firewall_cmd("--permanent", f"--zone={zone}", "--list-all")[1], bridges
+        )
+        runtime = parse_zone(firewall_cmd(f"--zone={zone}", "--list-all")[1], bridges)
+        elsewhere = []
+        for bridge in bridges:
+            if f"interface {bridge}" in permanent:
+                continue
+            rc, out = firewall_cmd(
+                "--permanent", f"--get-zone-of-interface={bridge}", ok=(0, 2)
+            )
+            if rc == 0 and out.strip() and out.strip() != zone:
+                elsewhere.append(bridge)
+        return FirewalldState(zone, ports, permanent, runtime, tuple(elsewhere))
 
     def target(self, current: FirewalldState) -> FirewalldState:
-        return FirewalldState(current.zone, self._ports, self._entries, self._entries)
+        bound = [f"interface {b}" for b in self._bridges if b not in current.elsewhere]
+        entries = tuple(sorted([*self._entries, *bound]))
+        return FirewalldState(current.zone, self._ports, entries, entries, current.elsewhere)
 
     def diff(self, current: FirewalldState, target: FirewalldState) -> list[Change]:
         return [] if current == target else describe(current, target)
 
     async def apply(self, current: FirewalldState, target: FirewalldState) -> None:
-        now = await self.observe()
+        # ``current`` is fresh: the plan's observation inside one transaction, or the
+        # re-observation of a revert (each firewall-cmd call costs a Python start-up)
+        now = current
         if now == target:
             return
         zone = f"--zone={target.zone}"
@@ -193,7 +224,10 @@ class FirewalldResource(Resource[FirewalldState]):
         gone = [e for e in now.permanent if e not in target.permanent]
         if IN_ZONE in gone:
             firewall_cmd("--permanent", zone, f"--remove-service={SERVICE}")
-        if rules := [e for e in gone if e != IN_ZONE]:
+        for entry in gone:
+            if entry.startswith("interface "):
+                firewall_cmd("--permanent", zone, f"--remove-interface={entry.split()[1]}")
+        if rules := [e for e in gone if e.startswith("rule ")]:
             firewall_cmd("--permanent", zone, *[f"--remove-rich-rule={r}" for r in rules])
         if target.ports is None:
             if now.ports is not None:
@@ -209,6 +243,9 @@ class FirewalldResource(Resource[FirewalldState]):
         new = [e for e in target.permanent if e not in now.permanent]
         if IN_ZONE in new:
             firewall_cmd("--permanent", zone, f"--add-service={SERVICE}")
-        if rules := [e for e in new if e != IN_ZONE]:
+        for entry in new:
+            if entry.startswith("interface "):
+                firewall_cmd("--permanent", zone, f"--add-interface={entry.split()[1]}")
+        if rules := [e for e in new if e.startswith("rule ")]:
             firewall_cmd("--permanent", zone, *[f"--add-rich-rule={r}" for r in rules])
         firewall_cmd("--reload")

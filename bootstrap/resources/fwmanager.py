@@ -215,7 +215,14 @@ def manager_resources(spec: Spec, host: HostRoot) -> list[Resource[Any]]:
         from bootstrap.resources.firewalld import FirewalldResource
 
         mgmt = spec.network.device("management") if spec.network else None
-        out.append(FirewalldResource(ports, sources, interface=mgmt.name if mgmt else None))
+        out.append(
+            FirewalldResource(
+                ports,
+                sources,
+                interface=mgmt.name if mgmt else None,
+                bridges=forward_bridges(spec),
+            )
+        )
     return out
 
 

@@ -109,6 +109,14 @@ def rule_changes(current: UfwState, target: UfwState) -> tuple[list[str], list[s
     return delete, add
 
 
+def delete_args(rule: str) -> list[str]:
+    """``ufw delete RULE``; a route rule is deleted as ``ufw route delete RULE``."""
+    words = shlex.split(rule)
+    if words[0] == "route":
+        return ["route", "delete", *words[1:]]
+    return ["delete", *words]
+
+
 # ---------------------------------------------------------------- the host
 
 
@@ -150,7 +158,7 @@ class UfwResource(Resource[UfwState]):
 
     def diff(self, current: UfwState, target: UfwState) -> list[Change]:
         delete, add = rule_changes(current, target)
-        return [Change(NAME, "delete", f"ufw delete {r}") for r in delete] + [
+        return [Change(NAME, "delete", "ufw " + shlex.join(delete_args(r))) for r in delete] + [
             Change(NAME, "create", f"ufw {r}") for r in add
         ]
 
@@ -158,6 +166,6 @@ class UfwResource(Resource[UfwState]):
         now = await self.observe()  # what is there now, not what a plan saw earlier
         delete, add = rule_changes(now, target)
         for rule in delete:
-            run_ufw("delete", *shlex.split(rule))
+            run_ufw(*delete_args(rule))
         for rule in add:
             run_ufw(*shlex.split(rule))

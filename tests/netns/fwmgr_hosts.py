@@ -89,6 +89,15 @@ class ManagedHost:
     def csboot(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run(sys.executable, "-m", "bootstrap.cli", *args, check=False)
 
+    def popen_python(self, code: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv([sys.executable, "-c", code]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
     def python(self, code: str) -> str:
         return self.run(sys.executable, "-c", code).stdout
 
@@ -212,3 +221,51 @@ class Firewalld:
 
 def copy_tree(src: str, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True)
+
+
+GUEST1, GUEST2 = "10.79.0.11", "10.79.0.12"
+
+
+def bridged_guests(make_ns: Callable[[str], Namespace], host: Namespace) -> tuple[Namespace, Namespace]:
+    """Two guests on a Linux bridge ``cloudbr0`` of ``host``, with bridged frames sent
+    through the host's iptables/nftables (``bridge-nf-call-*tables = 1``, as for
+    CloudStack's security groups)."""
+    from simulator.namespaces import veth_pair
+
+    g1, g2 = make_ns("g1"), make_ns("g2")
+    veth_pair(host, "vnet1", g1, "eth0")
+    veth_pair(host, "vnet2", g2, "eth0")
+    with host.iproute() as ipr:
+        ipr.link("add", ifname="cloudbr0", kind="bridge")
+        (br,) = ipr.link_lookup(ifname="cloudbr0")
+        for port in ("vnet1", "vnet2"):
+            (idx,) = ipr.link_lookup(ifname=port)
+            ipr.link("set", index=idx, master=br, state="up")
+        ipr.link("set", index=br, state="up")
+    for guest, addr in ((g1, GUEST1), (g2, GUEST2)):
+        with guest.iproute() as ipr:
+            (idx,) = ipr.link_lookup(ifname="eth0")
+            ipr.addr("add", index=idx, address=addr, prefixlen=24)
+            ipr.link("set", index=idx, state="up")
+    for table in ("arptables", "iptables", "ip6tables"):
+        host.sysctl(f"net.bridge.bridge-nf-call-{table}", "1")
+    return g1, g2
+
+
+def revert_cycle(resource: str) -> str:
+    """Python run in the host: observe, apply ``resource``'s target, print, revert, print
+    whether the host is back at the snapshot."""
+    return (
+        "import asyncio\n"
+        "from bootstrap.resources.ufw import UfwResource, desired_rules\n"
+        "from bootstrap.resources.firewalld import FirewalldResource\n"
+        f"r = {resource}\n"
+        "async def main():\n"
+        "    snap = await r.observe()\n"
+        "    await r.apply(snap, r.target(snap))\n"
+        "    print(await r.observe(), flush=True)\n"
+        "    input()\n"  # the test knocks while the target is applied
+        "    await r.revert(snap)\n"
+        "    print(await r.observe() == snap, flush=True)\n"
+        "asyncio.run(main())\n"
+    )

@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 
 from simulator.namespaces import Namespace
-from tests.netns.fwmgr_hosts import Firewalld, ManagedHost, knock, lab, listening, write_doc
+from tests.netns.fwmgr_hosts import (
+    GUEST2,
+    Firewalld,
+    ManagedHost,
+    bridged_guests,
+    knock,
+    lab,
+    listening,
+    revert_cycle,
+    write_doc,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -179,30 +189,23 @@ def test_firewalld_opens_exactly_our_ports(
             "running firewall (zone public)",
         )
         fw.cmd("--reload")
-        script = (
-            "import asyncio\n"
-            "from bootstrap.resources.firewalld import FirewalldResource\n"
-            "r = FirewalldResource(None)\n"
-            "async def main():\n"
-            "    snap = await r.observe()\n"
-            "    await r.apply(snap, r.target(snap))\n"
-            "    print(await r.observe())\n"
-            "    await r.revert(snap)\n"
-            "    print(await r.observe() == snap)\n"
-            "asyncio.run(main())\n"
-        )
-        out = host.python(script).splitlines()
-        assert out[0] == "FirewalldState(zone='public', ports=None, permanent=(), runtime=())"
-        assert out[1] == "True"
-        # removing ours gives the operator's zone back as it was
-        host.python(
-            "import asyncio\nfrom bootstrap.resources.firewalld import FirewalldResource\n"
-            "r = FirewalldResource(None)\n"
-            "async def main():\n    s = await r.observe()\n    await r.apply(s, r.target(s))\n"
-            "asyncio.run(main())\n"
-        )
-        assert fw.cmd("--permanent", "--zone=public", "--list-all") == zone_before
-        assert knock(peer, 16509) == "rejected"
+        # removing ours gives the operator's zone back as it was; a revert puts ours back
+        proc = host.popen_python(revert_cycle("FirewalldResource(None)"))
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == (
+                "FirewalldState(zone='public', ports=None, permanent=(), runtime=(), "
+                "elsewhere=())"
+            )
+            assert fw.cmd("--permanent", "--zone=public", "--list-all") == zone_before
+            assert knock(peer, 16509) == "rejected"
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "True"
+        finally:
+            proc.stdin.close()
+            assert proc.wait(60) == 0
+        assert knock(peer, 16509) == "open"
 
 
 def test_firewalld_refuses_backend_nftables(
@@ -220,3 +223,49 @@ def test_firewalld_refuses_backend_nftables(
     assert host.tree() == tree
     assert host.nft_ruleset() == ruleset
     assert "cloudstack-bootstrap" not in fw.cmd("--get-services").split()
+
+
+def _forward_cycle(host: ManagedHost, g1: Namespace, resource: str, words: str) -> None:
+    """Guests' bridged traffic: dropped by the manager, passed with our resource applied,
+    dropped again after its revert."""
+    assert knock(g1, 5555, dst=GUEST2) != "open"
+    proc = host.popen_python(revert_cycle(resource))
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert words in proc.stdout.readline()
+        assert knock(g1, 5555, dst=GUEST2) == "open"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "True"
+    finally:
+        proc.stdin.close()
+        assert proc.wait(60) == 0
+    assert knock(g1, 5555, dst=GUEST2) != "open"
+
+
+def test_ufw_forward_path_for_our_bridges(
+    ufw_host: tuple[ManagedHost, Namespace], make_ns: NamespaceFactory
+) -> None:
+    host, _peer = ufw_host
+    g1, g2 = bridged_guests(make_ns, host.ns)
+    with listening(g2, [5555]):
+        _forward_cycle(
+            host,
+            g1,
+            'UfwResource(desired_rules((), (), ("cloudbr0",)))',
+            "route allow in on cloudbr0 out on cloudbr0 comment 'cloudstack-bootstrap'",
+        )
+
+
+def test_firewalld_forward_path_for_our_bridges(
+    firewalld_host: tuple[ManagedHost, Namespace, Firewalld], make_ns: NamespaceFactory
+) -> None:
+    host, _peer, _fw = firewalld_host
+    g1, g2 = bridged_guests(make_ns, host.ns)
+    with listening(g2, [5555]):
+        _forward_cycle(
+            host,
+            g1,
+            'FirewalldResource(((16509, 16509),), bridges=("cloudbr0",))',
+            "'interface cloudbr0'",
+        )

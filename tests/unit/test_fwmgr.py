@@ -140,7 +140,7 @@ def test_ufw_leaves_a_port_the_operators_rule_opens() -> None:
     assert add == []
     resource = ufw.UfwResource(wanted)
     assert [str(c) for c in resource.diff(current, target)] == [
-        "- ufw/cloudstack-bootstrap: ufw delete allow 5900:6100/tcp comment 'cloudstack-bootstrap'"
+        "- ufw/cloudstack-bootstrap: ufw delete allow 5900:6100/tcp comment cloudstack-bootstrap"
     ]
 
 
