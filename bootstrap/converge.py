@@ -58,7 +58,7 @@ async def recover_host(host: HostRoot) -> list[str] | None:
     if entry is None:
         return None
     spec = validate_spec(entry.spec, prefix="journal.spec")
-    return await recover(journal, resources_for(spec, host))
+    return await recover(journal, resources_for(spec, host, recovering=True))
 
 
 async def plan_host(spec: Spec, host: HostRoot) -> Plan:

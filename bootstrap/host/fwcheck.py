@@ -58,22 +58,51 @@ def evaluate(facts: ManagerFacts) -> list[Check]:
     if not facts.managers:
         return [Check(NAME, True, "no firewall manager active: our nftables table decides")]
     if len(facts.managers) > 1:
-        return [Check(NAME, False, "both firewalld and ufw are active: each rejects what the "
-                                   "other accepts")]
+        return [
+            Check(
+                NAME,
+                False,
+                "both firewalld and ufw are active: each rejects what the other accepts",
+            )
+        ]
     manager = facts.managers[0]
     if not facts.configured:
-        return [Check(NAME, False, f"{manager} is active and opens none of our ports "
-                                   "(csboot apply with firewall.backend auto opens them)")]
+        return [
+            Check(
+                NAME,
+                False,
+                f"{manager} is active and opens none of our ports "
+                "(csboot apply with firewall.backend auto opens them)",
+            )
+        ]
     if not facts.active:
-        return [Check(NAME, False, f"tcp {_text(facts.configured)}: allowed in {manager}'s "
-                                   f"configuration, but {manager}'s firewall is not loaded")]
+        return [
+            Check(
+                NAME,
+                False,
+                f"tcp {_text(facts.configured)}: allowed in {manager}'s "
+                f"configuration, but {manager}'s firewall is not loaded",
+            )
+        ]
     closed = [s for s in facts.configured if not _covered(s, facts.running)]
     if closed:
-        return [Check(NAME, False, f"tcp {_text(closed)}: allowed in {manager}'s "
-                                   f"configuration but closed in its running firewall"
-                                   f"{' (' + facts.where + ')' if facts.where else ''}")]
-    return [Check(NAME, True, f"{manager} opens tcp {_text(facts.configured)}"
-                              f"{' in ' + facts.where if facts.where else ''}")]
+        return [
+            Check(
+                NAME,
+                False,
+                f"tcp {_text(closed)}: allowed in {manager}'s "
+                f"configuration but closed in its running firewall"
+                f"{' (' + facts.where + ')' if facts.where else ''}",
+            )
+        ]
+    return [
+        Check(
+            NAME,
+            True,
+            f"{manager} opens tcp {_text(facts.configured)}"
+            f"{' in ' + facts.where if facts.where else ''}",
+        )
+    ]
 
 
 # ---------------------------------------------------------------- shell
@@ -115,19 +144,21 @@ def _ufw_facts() -> ManagerFacts:
         words = rule.split()
         if words[0] == "allow" and (m := _UFW_PORT.match(words[1])):
             configured.append((int(m[1]), int(m[2] or m[1])))
-        elif "port" in words:
-            if (span := _span(words[words.index("port") + 1], ":")) is not None:
-                configured.append(span)
+        elif "port" in words and (span := _span(words[words.index("port") + 1], ":")):
+            configured.append(span)
     status = run_ufw("status").splitlines()
     active = bool(status) and status[0].strip() == "Status: active"
     save = shutil.which("iptables-save")
     if save is None:
-        return ManagerFacts(error="ufw is active but iptables-save is missing: cannot read "
-                                  "its running rules")
-    loaded = subprocess.run([save, "-t", "filter"], capture_output=True, text=True,
-                            timeout=60, check=False).stdout
-    return ManagerFacts(("ufw",), active, tuple(sorted(set(configured))), ufw_running(loaded),
-                        "ufw-user-input")
+        return ManagerFacts(
+            error="ufw is active but iptables-save is missing: cannot read its running rules"
+        )
+    loaded = subprocess.run(
+        [save, "-t", "filter"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    return ManagerFacts(
+        ("ufw",), active, tuple(sorted(set(configured))), ufw_running(loaded), "ufw-user-input"
+    )
 
 
 def zone_opens(listing: str, service_ports: dict[str, tuple[str, ...]]) -> tuple[Span, ...]:

@@ -91,9 +91,8 @@ def parse_zone(text: str, bridges: tuple[str, ...] = ()) -> tuple[str, ...]:
         if stripped.startswith("interfaces:"):
             bound = stripped.removeprefix("interfaces:").split()
             entries += [f"interface {b}" for b in bridges if b in bound]
-        if stripped.startswith("services:"):
-            if SERVICE in stripped.removeprefix("services:").split():
-                entries.append(IN_ZONE)
+        if stripped.startswith("services:") and SERVICE in stripped[9:].split():
+            entries.append(IN_ZONE)
         if stripped.startswith("rich rules:"):
             rich = True
             continue
@@ -198,9 +197,7 @@ class FirewalldResource(Resource[FirewalldState]):
         for bridge in bridges:
             if f"interface {bridge}" in permanent:
                 continue
-            rc, out = firewall_cmd(
-                "--permanent", f"--get-zone-of-interface={bridge}", ok=(0, 2)
-            )
+            rc, out = firewall_cmd("--permanent", f"--get-zone-of-interface={bridge}", ok=(0, 2))
             if rc == 0 and out.strip() and out.strip() != zone:
                 elsewhere.append(bridge)
         return FirewalldState(zone, ports, permanent, runtime, tuple(elsewhere))

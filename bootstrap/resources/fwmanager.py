@@ -191,39 +191,35 @@ def forward_bridges(spec: Spec) -> tuple[str, ...]:
     return tuple(b.name for b in spec.network.all_bridges())
 
 
-def manager_resources(spec: Spec, host: HostRoot) -> list[Resource[Any]]:
+def manager_resources(
+    spec: Spec, host: HostRoot, *, recovering: bool = False
+) -> list[Resource[Any]]:
     """The firewall resources for the backend this host needs (none without ``firewall``).
 
     With a manager, our own nftables table is removed if an earlier apply made it (it is
     ours; beside a manager it could only add a second, contradicting policy).
     """
     from bootstrap.resources.firewall import FirewallResource
+    from bootstrap.resources.firewalld import FirewalldResource
+    from bootstrap.resources.ufw import UfwResource, desired_rules
 
-    backend = resolve(spec, host)
-    if backend is None or spec.firewall is None:
+    if spec.firewall is None:
         return []
+    backend = None if recovering else resolve(spec, host)
     if backend == "nftables":
         return [FirewallResource(spec.firewall)]
     sources = tuple(str(s) for s in spec.firewall.sources)
     ports = manager_ports(spec)
-    out: list[Resource[Any]] = [FirewallResource(spec.firewall, remove=True)]
+    mgmt = spec.network.device("management") if spec.network else None
+    ufw = UfwResource(desired_rules(ports, sources, forward_bridges(spec)))
+    firewalld = FirewalldResource(
+        ports, sources, interface=mgmt.name if mgmt else None, bridges=forward_bridges(spec)
+    )
     if backend == "ufw":
-        from bootstrap.resources.ufw import UfwResource, desired_rules
-
-        out.append(UfwResource(desired_rules(ports, sources, forward_bridges(spec))))
-    else:
-        from bootstrap.resources.firewalld import FirewalldResource
-
-        mgmt = spec.network.device("management") if spec.network else None
-        out.append(
-            FirewalldResource(
-                ports,
-                sources,
-                interface=mgmt.name if mgmt else None,
-                bridges=forward_bridges(spec),
-            )
-        )
-    return out
+        return [FirewallResource(spec.firewall, remove=True), ufw]
+    if backend == "firewalld":
+        return [FirewallResource(spec.firewall, remove=True), firewalld]
+    return [FirewallResource(spec.firewall), ufw, firewalld]  # recovering: the journal picks
 
 
 def resolve(spec: Spec, host: HostRoot) -> Backend | None:

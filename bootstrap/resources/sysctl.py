@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bootstrap.engine.resource import Change, Resource
+from bootstrap.engine.resource import Action, Change, Resource
 from bootstrap.errors import ResourceError
 from bootstrap.files import atomic_write, read_bytes
 from bootstrap.host.root import HostRoot
@@ -64,8 +64,8 @@ class SysctlState:
     br_netfilter yet) and our two files."""
 
     values: tuple[tuple[str, str | None], ...]
-    conf: FileState = FileState()
-    modules: FileState = FileState()
+    conf: FileState = field(default_factory=FileState)
+    modules: FileState = field(default_factory=FileState)
 
     def value(self, key: str) -> str | None:
         return dict(self.values).get(key)
@@ -118,8 +118,9 @@ def render_conf(values: Iterable[tuple[str, str]]) -> bytes:
 def render_modules(settings: HostSettings) -> bytes | None:
     if not settings.security_groups:
         return None
-    return (HEADER + "# CloudStack's KVM security groups: iptables sees bridged frames\n"
-            "br_netfilter\n").encode()
+    return (
+        HEADER + "# CloudStack's KVM security groups: iptables sees bridged frames\nbr_netfilter\n"
+    ).encode()
 
 
 def describe(current: SysctlState, target: SysctlState) -> list[Change]:
@@ -128,11 +129,15 @@ def describe(current: SysctlState, target: SysctlState) -> list[Change]:
         have = current.value(key)
         if want is not None and have != want:
             out.append(Change(NAME, "modify", f"{key}: {have or 'unset'} -> {want} (live)"))
-    for path, now, new in ((CONF, current.conf, target.conf), (MODULES, current.modules,
-                                                               target.modules)):
+    for path, now, new in (
+        (CONF, current.conf, target.conf),
+        (MODULES, current.modules, target.modules),
+    ):
         if now.data == new.data:
             continue
-        action = "delete" if new.data is None else "create" if now.data is None else "modify"
+        action: Action = (
+            "delete" if new.data is None else "create" if now.data is None else "modify"
+        )
         size = f"{len(new.data)} bytes" if new.data is not None else "ours"
         out.append(Change(NAME, action, f"file {path} ({size})"))
     return out
@@ -165,14 +170,13 @@ def load_br_netfilter() -> None:
     if proc_path(BRIDGE_KEYS[0]).parent.is_dir():
         return
     try:
-        subprocess.run(
-            ["modprobe", "br_netfilter"], capture_output=True, timeout=60, check=True
-        )
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
         raise ResourceError(f"cannot load br_netfilter: {exc}", resource=NAME) from exc
     if not proc_path(BRIDGE_KEYS[0]).parent.is_dir():
-        raise ResourceError("br_netfilter loaded but /proc/sys/net/bridge is missing",
-                            resource=NAME)
+        raise ResourceError(
+            "br_netfilter loaded but /proc/sys/net/bridge is missing", resource=NAME
+        )
 
 
 class SysctlResource(Resource[SysctlState]):

@@ -84,8 +84,8 @@ def parse_added(text: str) -> UfwState:
     """``ufw show added`` -> our rules and the others (comments dropped)."""
     ours: list[str] = []
     others: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line.startswith("ufw "):
             continue
         rule = line.removeprefix("ufw ")

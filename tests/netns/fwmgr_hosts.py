@@ -80,7 +80,7 @@ class ManagedHost:
 
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            self.argv(argv), capture_output=True, text=True, env=self.env, timeout=120
+            self.argv(argv), capture_output=True, text=True, env=self.env, timeout=120, check=False
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{argv}: rc {result.returncode}\n{result.stdout}{result.stderr}")
@@ -103,14 +103,18 @@ class ManagedHost:
 
     def nft_ruleset(self) -> str:
         """Every table of the host, without counters (traffic moves them by itself)."""
-        return self.ns.run(["nft", "--stateless", "list", "ruleset"], capture_output=True, text=True).stdout
+        return self.ns.run(
+            ["nft", "--stateless", "list", "ruleset"], capture_output=True, text=True
+        ).stdout
 
     def tree(self) -> dict[str, str]:
         """Every file under the root, by content hash: 'byte for byte' in one value."""
         out = {}
         for path in sorted(self.root.rglob("*")):
             if path.is_file() and not path.is_symlink():
-                out[str(path.relative_to(self.root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+                out[str(path.relative_to(self.root))] = hashlib.sha256(
+                    path.read_bytes()
+                ).hexdigest()
         return out
 
 
@@ -128,8 +132,13 @@ def lab(make_ns: Callable[[str], Namespace]) -> tuple[Namespace, Namespace]:
 
 
 def write_doc(path: Path, spec: Mapping[str, Any], version: int = 1) -> Path:
-    doc = {"apiVersion": "cloudstack-bootstrap/v1", "kind": "Role", "name": "kvm",
-           "version": version, "spec": dict(spec)}
+    doc = {
+        "apiVersion": "cloudstack-bootstrap/v1",
+        "kind": "Role",
+        "name": "kvm",
+        "version": version,
+        "spec": dict(spec),
+    }
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -195,7 +204,11 @@ class Firewalld:
 
     def cmd(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
-            ["firewall-cmd", *args], capture_output=True, text=True, env=self.host.env,
+            ["firewall-cmd", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=self.host.env,
             timeout=60,
         )
         if check and result.returncode != 0:
@@ -226,7 +239,9 @@ def copy_tree(src: str, dst: Path) -> None:
 GUEST1, GUEST2 = "10.79.0.11", "10.79.0.12"
 
 
-def bridged_guests(make_ns: Callable[[str], Namespace], host: Namespace) -> tuple[Namespace, Namespace]:
+def bridged_guests(
+    make_ns: Callable[[str], Namespace], host: Namespace
+) -> tuple[Namespace, Namespace]:
     """Two guests on a Linux bridge ``cloudbr0`` of ``host``, with bridged frames sent
     through the host's iptables/nftables (``bridge-nf-call-*tables = 1``, as for
     CloudStack's security groups)."""

@@ -107,15 +107,33 @@ def test_ufw_opens_exactly_our_ports(ufw_host: tuple[ManagedHost, Namespace]) ->
             ]
         )
         assert {p: knock(peer, p) for p in (*OPEN_PORTS, CLOSED, 8443)} == {
-            22: "open", 5901: "open", 16509: "open", CLOSED: "silent", 8443: "open"
+            22: "open",
+            5901: "open",
+            16509: "open",
+            CLOSED: "silent",
+            8443: "open",
         }
         assert "cloudstack_bootstrap" not in host.nft_ruleset()  # ufw opened them, not us
         again = host.csboot("plan", "-f", str(doc), "--root", str(host.root))
         assert again.returncode == 0, again.stdout  # nothing left to change
-        assert _firewall_check(host) == (True, "ufw opens tcp 22, 5900-6100, 16509 in ufw-user-input")
+        assert _firewall_check(host) == (
+            True,
+            "ufw opens tcp 22, 5900-6100, 16509 in ufw-user-input",
+        )
         # ufw's files still say allow, but the kernel's rule is gone: csboot check says so
-        host.run("iptables", "-D", "ufw-user-input", "-p", "tcp", "-m", "tcp", "--dport", "16509",
-                 "-j", "ACCEPT")
+        host.run(
+            "iptables",
+            "-D",
+            "ufw-user-input",
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "--dport",
+            "16509",
+            "-j",
+            "ACCEPT",
+        )
         assert knock(peer, 16509) == "silent"
         assert _firewall_check(host) == (
             False,
@@ -124,7 +142,9 @@ def test_ufw_opens_exactly_our_ports(ufw_host: tuple[ManagedHost, Namespace]) ->
         )
         host.run("ufw", "reload")
         # a revert removes exactly ours: the operator's rule stays, the files come back
-        before = {n: (host.root / "etc/ufw" / n).read_bytes() for n in ("user.rules", "user6.rules")}
+        before = {
+            n: (host.root / "etc/ufw" / n).read_bytes() for n in ("user.rules", "user6.rules")
+        }
         script = (
             "import asyncio\n"
             "from bootstrap.resources.ufw import UfwResource, UfwState\n"
@@ -168,17 +188,21 @@ def test_firewalld_opens_exactly_our_ports(
         assert knock(peer, 16509) == "rejected"  # firewalld's zone rejects it
         result = host.csboot("apply", "-f", str(doc), "--root", str(host.root), "--json")
         assert result.returncode == 0, result.stdout + result.stderr
-        assert fw.cmd("--permanent", "--info-service=cloudstack-bootstrap").split(
-            "ports:"
-        )[1].split("\n")[0].split() == ["16509/tcp", "22/tcp", "5900-6100/tcp"]
+        assert fw.cmd("--permanent", "--info-service=cloudstack-bootstrap").split("ports:")[
+            1
+        ].split("\n")[0].split() == ["16509/tcp", "22/tcp", "5900-6100/tcp"]
         assert "cloudstack-bootstrap" in fw.cmd("--zone=public", "--list-services").split()
         assert {p: knock(peer, p) for p in (*OPEN_PORTS, CLOSED)} == {
-            22: "open", 5901: "open", 16509: "open", CLOSED: "rejected"
+            22: "open",
+            5901: "open",
+            16509: "open",
+            CLOSED: "rejected",
         }
         again = host.csboot("plan", "-f", str(doc), "--root", str(host.root))
         assert again.returncode == 0, again.stdout
         assert _firewall_check(host) == (
-            True, "firewalld opens tcp 22, 5900-6100, 16509 in zone public"
+            True,
+            "firewalld opens tcp 22, 5900-6100, 16509 in zone public",
         )
         fw.cmd("--zone=public", "--remove-service=cloudstack-bootstrap")  # runtime only
         assert knock(peer, 16509) == "rejected"
@@ -194,8 +218,7 @@ def test_firewalld_opens_exactly_our_ports(
         assert proc.stdin is not None and proc.stdout is not None
         try:
             assert proc.stdout.readline().strip() == (
-                "FirewalldState(zone='public', ports=None, permanent=(), runtime=(), "
-                "elsewhere=())"
+                "FirewalldState(zone='public', ports=None, permanent=(), runtime=(), elsewhere=())"
             )
             assert fw.cmd("--permanent", "--zone=public", "--list-all") == zone_before
             assert knock(peer, 16509) == "rejected"

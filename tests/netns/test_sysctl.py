@@ -50,7 +50,7 @@ def test_sysctls_applied_persisted_and_rolled_back(
         assert await resource.verify(target) == []
         assert _values(ns) == {
             RESERVED: "8080,20000-20010,49152-49216",  # merged, the host's kept
-            **{k: "1" for k in BRIDGE_KEYS},
+            **dict.fromkeys(BRIDGE_KEYS, "1"),
         }
         assert (tmp_path / CONF.lstrip("/")).read_text() == (
             "# managed by cloudstack-bootstrap: replaced whole on every apply\n"
@@ -68,7 +68,7 @@ def test_sysctls_applied_persisted_and_rolled_back(
 
     with ns.inside():
         asyncio.run(cycle())
-    assert _values(ns) == {RESERVED: "8080,20000-20010", **{k: "0" for k in BRIDGE_KEYS}}
+    assert _values(ns) == {RESERVED: "8080,20000-20010", **dict.fromkeys(BRIDGE_KEYS, "0")}
     assert (tmp_path / CONF.lstrip("/")).read_bytes() == old_conf  # byte for byte
     assert not (tmp_path / MODULES.lstrip("/")).exists()
     # the machine's own namespace was never touched

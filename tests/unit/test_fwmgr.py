@@ -73,11 +73,18 @@ def test_backend_is_validated_naming_the_field() -> None:
 
 
 def test_manager_ports_add_libvirts_port() -> None:
-    spec = validate_spec({"firewall": {"allow_tcp": [22, "16500-16510"]}, "libvirt": {"mode": "tls"}})
+    spec = validate_spec(
+        {"firewall": {"allow_tcp": [22, "16500-16510"]}, "libvirt": {"mode": "tls"}}
+    )
     assert manager_ports(spec) == ((22, 22), (16500, 16510), (16514, 16514))
     seed = validate_spec({"firewall": {}})
     assert manager_ports(seed) == (
-        (22, 22), (1798, 1798), (5900, 6100), (16509, 16509), (16514, 16514), (49152, 49216)
+        (22, 22),
+        (1798, 1798),
+        (5900, 6100),
+        (16509, 16509),
+        (16514, 16514),
+        (49152, 49216),
     )
 
 
@@ -150,7 +157,7 @@ ZONE = """public (active)
   target: default
   services: dhcpv6-client ssh cloudstack-bootstrap
   ports: 8443/tcp
-  rich rules: 
+  rich rules:
 \trule family="ipv4" source address="10.0.0.0/8" service name="cloudstack-bootstrap" accept
 \trule family="ipv4" source address="10.9.0.0/16" service name="ssh" accept
 """
@@ -158,13 +165,11 @@ ZONE = """public (active)
 
 def test_firewalld_zone_listing_keeps_only_ours() -> None:
     assert firewalld.parse_zone(ZONE) == (
-        "rule family=\"ipv4\" source address=\"10.0.0.0/8\" service name=\"cloudstack-bootstrap\""
-        " accept",
+        'rule family="ipv4" source address="10.0.0.0/8" service name="cloudstack-bootstrap" accept',
         "service",
     )
     assert firewalld.parse_zone(ZONE.replace(" cloudstack-bootstrap\n", "\n")) == (
-        "rule family=\"ipv4\" source address=\"10.0.0.0/8\" service name=\"cloudstack-bootstrap\""
-        " accept",
+        'rule family="ipv4" source address="10.0.0.0/8" service name="cloudstack-bootstrap" accept',
     )
 
 
@@ -225,7 +230,7 @@ def test_reserved_ports_merge_with_the_hosts() -> None:
 def test_security_groups_add_br_netfilter_and_its_sysctls() -> None:
     settings = HostSettings(security_groups=True)
     values = dict(sysctl.wanted_values(settings, sysctl.SysctlState(((sysctl.RESERVED, ""),))))
-    assert values == {sysctl.RESERVED: "49152-49216", **{k: "1" for k in sysctl.BRIDGE_KEYS}}
+    assert values == {sysctl.RESERVED: "49152-49216", **dict.fromkeys(sysctl.BRIDGE_KEYS, "1")}
     assert sysctl.render_modules(settings) is not None
     assert sysctl.render_modules(HostSettings()) is None
 
@@ -274,3 +279,15 @@ def test_check_reads_the_loaded_rules() -> None:
     listing = "public\n  services: ssh cloudstack-bootstrap\n  ports: 8443/tcp 53/udp\n"
     services = {"ssh": ("22/tcp",), "cloudstack-bootstrap": ("16509/tcp", "5900-6100/tcp")}
     assert zone_opens(listing, services) == ((22, 22), (5900, 6100), (8443, 8443), (16509, 16509))
+
+
+def test_recovery_knows_every_backends_resource_without_detecting() -> None:
+    from bootstrap.resources.fwmanager import manager_resources
+
+    spec = validate_spec({"firewall": {"backend": "firewalld"}})  # nothing runs here
+    names = [r.name for r in manager_resources(spec, HostRoot(Path("/x")), recovering=True)]
+    assert names == [
+        "nft/inet cloudstack_bootstrap",
+        "ufw/cloudstack-bootstrap",
+        "firewalld/cloudstack-bootstrap",
+    ]
