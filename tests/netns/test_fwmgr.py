@@ -92,7 +92,7 @@ def _ufw_rules(host: ManagedHost) -> list[str]:
 def test_ufw_opens_exactly_our_ports(ufw_host: tuple[ManagedHost, Namespace]) -> None:
     host, peer = ufw_host
     host.run("ufw", "allow", "8443/tcp")  # the operator's own rule: never ours to touch
-    doc = write_doc(host.root.parent / "ufw.yaml", _spec("auto"))
+    doc = write_doc(host.root.parent / "ufw.yaml", {**_spec("auto"), "host": {}})
     with listening(host.ns, [*OPEN_PORTS, CLOSED, 8443]):
         assert knock(peer, 16509) == "silent"  # ufw's default: deny incoming
         result = host.csboot("apply", "-f", str(doc), "--root", str(host.root), "--json")
@@ -114,6 +114,12 @@ def test_ufw_opens_exactly_our_ports(ufw_host: tuple[ManagedHost, Namespace]) ->
             8443: "open",
         }
         assert "cloudstack_bootstrap" not in host.nft_ruleset()  # ufw opened them, not us
+        # the host settings of the same apply: live in the host's namespace, and persisted
+        with host.ns.inside():
+            reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports").read_text().strip()
+        assert reserved == "49152-49216"
+        conf = host.root / "etc/sysctl.d/60-cloudstack-bootstrap.conf"
+        assert "net.ipv4.ip_local_reserved_ports = 49152-49216\n" in conf.read_text()
         again = host.csboot("plan", "-f", str(doc), "--root", str(host.root))
         assert again.returncode == 0, again.stdout  # nothing left to change
         assert _firewall_check(host) == (
