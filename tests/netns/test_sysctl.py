@@ -6,9 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
+from bootstrap.engine.plan import make_plan
+from bootstrap.engine.resource import Change, Resource
+from bootstrap.engine.services import NoServices
+from bootstrap.engine.transaction import apply_plan
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import HostSettings
 from bootstrap.resources.sysctl import BRIDGE_KEYS, CONF, MODULES, RESERVED, SysctlResource
@@ -73,3 +78,46 @@ def test_sysctls_applied_persisted_and_rolled_back(
     assert not (tmp_path / MODULES.lstrip("/")).exists()
     # the machine's own namespace was never touched
     assert {k: _read(k) for k in (RESERVED, *BRIDGE_KEYS)} == machine
+
+
+class _Breaks(Resource[int]):
+    """A later resource whose apply fails: the transaction must revert the sysctls."""
+
+    state_type: ClassVar[Any] = int
+
+    @property
+    def name(self) -> str:
+        return "test/breaks"
+
+    async def observe(self) -> int:
+        return 0
+
+    def target(self, current: int) -> int:
+        return 1
+
+    def diff(self, current: int, target: int) -> list[Change]:
+        return [] if current == target else [Change(self.name, "modify", "breaks")]
+
+    async def apply(self, current: int, target: int) -> None:
+        if target:
+            raise RuntimeError("a later step failed")
+
+
+def test_a_failed_transaction_rolls_the_sysctls_back(
+    make_ns: Callable[[str], Namespace], tmp_path: Path
+) -> None:
+    ns = make_ns("host")
+    ns.sysctl(RESERVED, "2000-2010")
+    host = HostRoot(tmp_path)
+
+    async def run() -> str:
+        plan = await make_plan([SysctlResource(HostSettings(), host), _Breaks()])
+        assert len(plan.pending) == 2
+        outcome = await apply_plan(plan, services=NoServices(), verify_timeout=1.0)
+        return outcome.state
+
+    with ns.inside():
+        assert asyncio.run(run()) == "rolled_back"
+    with ns.inside():
+        assert _read(RESERVED) == "2000-2010"
+    assert not (tmp_path / CONF.lstrip("/")).exists()
