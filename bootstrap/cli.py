@@ -189,6 +189,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         from bootstrap.host.preflight import evaluate, gather_facts
 
         checks = evaluate(gather_facts(host))
+    from bootstrap.host.fwcheck import run_firewall_checks
+
+    checks += run_firewall_checks(host)
     if args.json:
         emit_json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]})
     else:

@@ -20,6 +20,7 @@ from bootstrap.host.root import HostRoot
 from bootstrap.model.document import validate_spec
 from bootstrap.model.spec import Spec
 from bootstrap.resources import resources_for
+from bootstrap.resources.fwmanager import resolve as resolve_firewall
 from bootstrap.resources.packages import install_resources
 
 
@@ -57,7 +58,7 @@ async def recover_host(host: HostRoot) -> list[str] | None:
     if entry is None:
         return None
     spec = validate_spec(entry.spec, prefix="journal.spec")
-    return await recover(journal, resources_for(spec, host))
+    return await recover(journal, resources_for(spec, host, recovering=True))
 
 
 async def plan_host(spec: Spec, host: HostRoot) -> Plan:
@@ -74,6 +75,9 @@ async def converge(
     do not exist yet. A rollback of the rest leaves them, and the outcome says so.
     """
     await recover_host(host)
+    # a firewall backend this host cannot honour (our table beside an active firewalld or
+    # ufw) refuses the whole transaction before anything, packages included, is applied
+    resolve_firewall(spec, host)
     installed = await make_plan(install_resources(spec, host))
     services = services_for(host.is_real)
     if installed:

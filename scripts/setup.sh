@@ -16,6 +16,7 @@ DEB_PACKAGES=(
   dpkg-dev gpg                         # the signed test apt repository (dpkg-scanpackages, gpg)
   libvirt-daemon openssl               # a real libvirtd (no system integration, never started by apt) for the libvirt-mode tests
   dnf rpm createrepo-c                 # the EL side of the packages tests: a signed rpm repository, dnf --installroot
+  firewalld ufw                        # firewall managers, each run only inside a test's namespace (tests/netns/test_fwmgr.py); never started here
 )
 # The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p); virtme-ng
 # builds its initramfs with busybox.
@@ -32,7 +33,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # No service may start on this machine because a package was installed (firewalld
+  # would firewall it): policy-rc.d answers "forbidden" to every maintainer script.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    guard=/usr/sbin/policy-rc.d
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$guard" ]; then rm -f "$guard"; fi
+  # ... nor at the next boot: the tests start their own firewalld in a namespace.
+  if [[ " ${missing[*]} " == *" firewalld "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable firewalld >/dev/null 2>&1 || true
+  fi
   # Debian starts a system RabbitMQ (all interfaces) on install; the tests run their own
   # node on 127.0.0.1, so a broker we just installed for them is stopped and disabled.
   if [[ " ${missing[*]} " == *" rabbitmq-server "* ]] && command -v systemctl >/dev/null \

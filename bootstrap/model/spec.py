@@ -487,9 +487,34 @@ def _dot(path: tuple[str | int, ...]) -> str:
 
 
 class Firewall(Strict):
+    """The ports CloudStack needs open, and through what they are opened.
+
+    ``backend``: ``nftables`` is our own table; ``firewalld`` / ``ufw`` open the same ports
+    through that manager (a manager's reject wins over our table's accept, so where one is
+    active our table alone cannot open anything); ``auto`` picks the active manager, else
+    our table. ``policy`` is our table's: a manager keeps its own default.
+    """
+
+    backend: Literal["auto", "nftables", "firewalld", "ufw"] = "auto"
     policy: Literal["accept", "drop"] = "accept"
     allow_tcp: tuple[PortItem, ...] = tuple(PortRange.parse(p) for p in SEED_ALLOW_TCP)
     sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+class HostSettings(Strict):
+    """Kernel settings CloudStack's KVM agent relies on (``/etc/sysctl.d``, live in /proc/sys).
+
+    ``reserved_ports``: kept out of Linux's ephemeral range (``ip_local_reserved_ports``),
+    added to what the host already reserves; libvirt's migration ports (49152-49215 by
+    default) lie inside that range. ``security_groups``: CloudStack's KVM security groups
+    filter bridged guest traffic with iptables/ebtables, which needs ``br_netfilter`` and
+    ``net.bridge.bridge-nf-call-{arp,ip,ip6}tables = 1``; off by default because it sends
+    every bridged frame through the host's firewall (a manager that drops forwarded
+    traffic then drops guests' traffic unless the bridges' forward path is opened).
+    """
+
+    reserved_ports: tuple[PortItem, ...] = (PortRange.parse("49152-49216"),)
+    security_groups: StrictBool = False
 
 
 class Libvirt(Strict):
@@ -582,6 +607,7 @@ class Spec(Strict):
     cpu: Cpu = Cpu()
     network: Network | None = None
     firewall: Firewall | None = None
+    host: HostSettings | None = None
     libvirt: Libvirt = Libvirt()
     agent: AgentSettings = AgentSettings()
     security: Security = Security()

@@ -1,8 +1,10 @@
 """One module per managed thing; ``resources_for`` lists them in apply order for a spec.
 
 Order: packages first (CloudStack's repository, then the packages; never reverted), then the
-network (links, then the management address), the firewall, files (security, libvirt, time,
-agent.properties) and the units the packages ship. The transaction reverts in reverse order.
+network (links, then the management address), the firewall (our nftables table, or our
+rules in firewalld / ufw: see ``fwmanager``), the kernel settings (``sysctl``), files
+(security, libvirt, time, agent.properties) and the units the packages ship. The
+transaction reverts in reverse order.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec
 
 
-def resources_for(spec: Spec, host: HostRoot, *, installs: bool = True) -> list[Resource[Any]]:
+def resources_for(
+    spec: Spec, host: HostRoot, *, installs: bool = True, recovering: bool = False
+) -> list[Resource[Any]]:
     """Every resource the spec manages; absent spec sections manage nothing.
 
     The packages (and their repository) come first; ``installs=False`` leaves them out, for
-    planning the rest once they are installed (see ``converge``).
+    planning the rest once they are installed (see ``converge``). ``recovering``: every
+    firewall backend's resource, undetected (a crash recovery reverts whichever the journal
+    names, even if a firewall manager started or stopped since).
     """
     from bootstrap.resources.packages import enable_resources, install_resources
 
@@ -33,9 +39,13 @@ def resources_for(spec: Spec, host: HostRoot, *, installs: bool = True) -> list[
 
             out += native_resources(spec.network, host)
     if spec.firewall is not None:
-        from bootstrap.resources.firewall import FirewallResource
+        from bootstrap.resources.fwmanager import manager_resources
 
-        out.append(FirewallResource(spec.firewall))
+        out += manager_resources(spec, host, recovering=recovering)
+    if spec.host is not None:
+        from bootstrap.resources.sysctl import SysctlResource
+
+        out.append(SysctlResource(spec.host, host))
     from bootstrap.resources.files import file_resources
 
     out += file_resources(spec, host)

@@ -69,8 +69,9 @@ class FirewallResource(Resource[FirewallState | None]):
 
     state_type: ClassVar[Any] = FirewallState | None
 
-    def __init__(self, firewall: Firewall | None) -> None:
+    def __init__(self, firewall: Firewall | None, *, remove: bool = False) -> None:
         self._firewall = firewall
+        self._remove = remove  # a firewall manager opens the ports: our table goes
 
     @property
     def name(self) -> str:
@@ -80,6 +81,8 @@ class FirewallResource(Resource[FirewallState | None]):
         return read_table()
 
     def target(self, current: FirewallState | None) -> FirewallState | None:
+        if self._remove:
+            return None
         if self._firewall is None:  # no firewall section: unmanaged, keep what is there
             return current
         return desired_state(self._firewall)
@@ -88,7 +91,8 @@ class FirewallResource(Resource[FirewallState | None]):
         if current == target:
             return []
         if target is None:
-            return [Change(NAME, "delete", "our table only; other tables stay")]
+            why = "; the firewall manager opens the ports" if self._remove else ""
+            return [Change(NAME, "delete", f"our table only; other tables stay{why}")]
         if current is None:
             return [Change(NAME, "create", summary(target))]
         lines = describe(current, target) or ["objects of our table in another order"]
