@@ -1,0 +1,88 @@
+"""What the agent's hot paths import, and the status watcher's pipe (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from simulator.rollout import _statuses
+
+
+def _python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+def test_netlink_classes_come_without_pyroute2s_whole_package() -> None:
+    out = _python(
+        "import sys, bootstrap.netlink as n\n"
+        "print(n.AsyncIPRoute.__module__, 'pyroute2.ndb.main' in sys.modules,"
+        " 'pyroute2.netlink.nl80211' in sys.modules)\n"
+        "from pyroute2 import NDB, IPRoute\n"  # the rest of a process sees the whole package
+        "print(NDB.__module__, IPRoute is n.IPRoute)"
+    )
+    assert out.splitlines() == ["pyroute2.iproute.linux False False", "pyroute2.ndb.main True"]
+
+
+def test_an_already_imported_pyroute2_is_left_as_it_is() -> None:
+    out = _python(
+        "import pyroute2, sys\nfull = sys.modules['pyroute2']\n"
+        "import bootstrap.netlink\nprint(sys.modules['pyroute2'] is full, hasattr(full, 'NDB'))"
+    )
+    assert out == "True True"
+
+
+def test_the_ovsdb_client_parses_json_in_c() -> None:
+    """Debian's python3-openvswitch, linked in by scripts/setup.sh: PyPI's pure-Python
+    parser made every OVSDB connection ~3x dearer."""
+    import ovs.json
+
+    assert ovs.json.PARSER == ovs.json.PARSER_C
+
+
+@dataclass
+class _Broker:
+    """Stands in for the broker's status subscription: lines now, then a quiet open pipe."""
+
+    lines: list[str]
+
+    def watch(self) -> subprocess.Popen[str]:
+        text = "".join(f"{line}\n" for line in self.lines)
+        return subprocess.Popen(
+            ["sh", "-c", 'printf "%s" "$0"; exec sleep 60', text],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+
+def _line(host: str, state: str) -> str:
+    return (
+        f"cloudstack/bootstrap/v1/hosts/{host}/status "
+        + json.dumps({"state": state}).encode().hex()
+    )
+
+
+def test_statuses_written_at_once_are_all_read_while_the_pipe_stays_open() -> None:
+    """Three statuses in one write, then silence: each is seen at once. (A buffered
+    readline after select left the last lines unread until the deadline.)"""
+    broker: Any = _Broker([_line(h, "converged") for h in ("kvm1", "kvm2", "kvm3")])
+    t0 = time.monotonic()
+    seen = [
+        host
+        for host, _status in _statuses(broker, 3, t0 + 30, lambda _h, s: s["state"] == "converged")
+    ]
+    assert seen == ["kvm1", "kvm2", "kvm3"]
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_hostile_status_line_is_skipped() -> None:
+    broker: Any = _Broker(["garbage", "a/b/c/d zz", _line("kvm1", "converged")])
+    t0 = time.monotonic()
+    got = list(_statuses(broker, 1, t0 + 30, lambda _h, s: s.get("state") == "converged"))
+    assert got == [("kvm1", {"state": "converged"})]
