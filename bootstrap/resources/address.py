@@ -183,22 +183,22 @@ class ManagementAddress(Resource[AddressState]):
             for p in target.placements:
                 if p not in now.placements:
                     await self._add_address(ipr, await self._wait_link(ipr, p.ifname), p.address)
-            for p in now.placements:
-                if p not in target.placements:
-                    old = await self._index(ipr, p.ifname)
-                    if old is not None:
-                        await self._call(
-                            ipr.addr(
-                                "del",
-                                index=old,
-                                address=str(p.address.ip),
-                                prefixlen=p.address.network.prefixlen,
-                            ),
-                            f"remove {p}",
-                            ok=(EADDRNOTAVAIL, ENODEV),
-                        )
-            # Removing an address can take routes with it: look again before routing.
-            now = await self._observe(ipr)
+            removed = [p for p in now.placements if p not in target.placements]
+            for p in removed:
+                old = await self._index(ipr, p.ifname)
+                if old is not None:
+                    await self._call(
+                        ipr.addr(
+                            "del",
+                            index=old,
+                            address=str(p.address.ip),
+                            prefixlen=p.address.network.prefixlen,
+                        ),
+                        f"remove {p}",
+                        ok=(EADDRNOTAVAIL, ENODEV),
+                    )
+            if removed:  # removing an address can take routes with it: look again
+                now = await self._observe(ipr)
             for r in now.routes:
                 if r not in target.routes:
                     await self._route(ipr, "del", r)
