@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from bootstrap.engine.check import Check
 from bootstrap.errors import BootstrapError
 from bootstrap.host.root import HostRoot
+from bootstrap.model.ports import Span
 
 __all__ = ["ManagerFacts", "evaluate", "gather", "run_firewall_checks", "ufw_running"]
 
-Span = tuple[int, int]
 NAME = "firewall-ports"
 
 

@@ -38,12 +38,12 @@ from typing import Any, ClassVar
 
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import ResourceError
+from bootstrap.model.ports import Span
 
 __all__ = ["SERVICE", "FirewalldResource", "FirewalldState", "desired_entries", "parse_zone"]
 
 SERVICE = "cloudstack-bootstrap"
 NAME = f"firewalld/{SERVICE}"
-Span = tuple[int, int]
 #: the zone holds our service itself (no sources)
 IN_ZONE = "service"
 _OURS = f'service name="{SERVICE}"'

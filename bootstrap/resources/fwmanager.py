@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bootstrap.errors import InvalidDocument, ResourceError
 from bootstrap.host.root import HostRoot
+from bootstrap.model.ports import Span, merge_spans
 from bootstrap.model.spec import Firewall, Spec
 
 if TYPE_CHECKING:  # ``csboot check`` detects managers without loading the engine
@@ -46,7 +47,6 @@ __all__ = [
 
 Manager = Literal["firewalld", "ufw"]
 Backend = Literal["nftables", "firewalld", "ufw"]
-Span = tuple[int, int]
 
 FIELD = "spec.firewall.backend"
 DEFAULT_SYSTEM_BUS = "/run/dbus/system_bus_socket"
@@ -111,23 +111,13 @@ def choose(backend: str, detected: Detected) -> Backend:
     return backend
 
 
-def merge(spans: Iterable[Span]) -> tuple[Span, ...]:
-    out: list[Span] = []
-    for first, last in sorted(spans):
-        if out and first <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], last))
-        else:
-            out.append((first, last))
-    return tuple(out)
-
-
 def manager_ports(spec: Spec) -> tuple[Span, ...]:
     """What a manager opens: the spec's ``allow_tcp`` and the port libvirtd listens on."""
     firewall = spec.firewall or Firewall()
     spans = [(p.first, p.last) for p in firewall.allow_tcp]
     if (port := spec.libvirt.port) is not None:
         spans.append((port, port))
-    return merge(spans)
+    return merge_spans(spans)
 
 
 def spans_text(spans: Iterable[Span]) -> str:

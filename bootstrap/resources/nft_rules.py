@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bootstrap.model.ports import Span, merge_spans
 from bootstrap.model.spec import Firewall
 
 FAMILY = "inet"
@@ -31,7 +32,6 @@ SOURCES_SETS = {4: "sources4", 6: "sources6"}
 COMMENT = "managed by cloudstack-bootstrap; replaced whole on every apply"
 
 Policy = Literal["accept", "drop"]
-Span = tuple[int, int]
 Json = dict[str, Any]
 
 TABLE_REF: Json = {"family": FAMILY, "name": TABLE}
@@ -54,17 +54,6 @@ class FirewallState:
 
 
 # ---------------------------------------------------------------- normalising
-
-
-def merge_spans(spans: Iterable[Span]) -> tuple[Span, ...]:
-    """Sorted, with overlapping or adjacent ranges joined (interval sets refuse overlaps)."""
-    merged: list[Span] = []
-    for first, last in sorted(spans):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return tuple(merged)
 
 
 def collapse_sources(

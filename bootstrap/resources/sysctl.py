@@ -30,6 +30,7 @@ from bootstrap.engine.resource import Action, Change, Resource
 from bootstrap.errors import ResourceError
 from bootstrap.files import atomic_write, read_bytes
 from bootstrap.host.root import HostRoot
+from bootstrap.model.ports import Span, merge_spans
 from bootstrap.model.spec import HostSettings
 from bootstrap.resources.filestate import FileState
 
@@ -55,7 +56,6 @@ MODULES = "/etc/modules-load.d/cloudstack-bootstrap.conf"
 NAME = "sysctl/cloudstack-bootstrap"
 HEADER = "# managed by cloudstack-bootstrap: replaced whole on every apply\n"
 PROC = Path("/proc/sys")
-Span = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,22 +84,12 @@ def parse_ports(text: str) -> tuple[Span, ...]:
         if not first.isdigit() or (last and not last.isdigit()):
             raise ValueError(f"{text!r} is not a port list")
         spans.append((int(first), int(last or first)))
-    return merge(spans)
-
-
-def merge(spans: Iterable[Span]) -> tuple[Span, ...]:
-    out: list[Span] = []
-    for first, last in sorted(spans):
-        if out and first <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], last))
-        else:
-            out.append((first, last))
-    return tuple(out)
+    return merge_spans(spans)
 
 
 def format_ports(spans: Iterable[Span]) -> str:
     """As the kernel prints it back: sorted, merged, ``a-b`` joined by commas."""
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in merge(spans))
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in merge_spans(spans))
 
 
 def wanted_values(settings: HostSettings, current: SysctlState) -> tuple[tuple[str, str], ...]:

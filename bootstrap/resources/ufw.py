@@ -30,13 +30,13 @@ from typing import Any, ClassVar
 
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import ResourceError
+from bootstrap.model.ports import Span
 
 __all__ = ["TAG", "UfwResource", "UfwState", "desired_rules", "parse_added"]
 
 TAG = "cloudstack-bootstrap"
 NAME = "ufw/cloudstack-bootstrap"
 _SUFFIX = f" comment '{TAG}'"
-Span = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bootstrap.model.ports import merge_spans
 from bootstrap.model.spec import Firewall, PortRange
 from bootstrap.resources.firewall import FirewallResource
 from bootstrap.resources.nft_rules import (
@@ -21,7 +22,6 @@ from bootstrap.resources.nft_rules import (
     collapse_sources,
     describe,
     desired_state,
-    merge_spans,
     parse_listing,
     render_rule,
     replace_batch,
