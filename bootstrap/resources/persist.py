@@ -362,9 +362,7 @@ class DisabledFile(Resource[PairState]):
             if data is None:
                 continue  # removed below, once the other name holds the bytes
             mode = 0o600
-            other = self.host.path(
-                self.disabled_path if path == self.host_path else self.host_path
-            )
+            other = self.host.path(self.disabled_path if path == self.host_path else self.host_path)
             if other.exists():
                 mode = other.stat().st_mode & 0o7777
             atomic_write(real, data, mode=mode)
@@ -517,4 +515,3 @@ def persist_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
         wanted_names = names if mode == "networkmanager" else frozenset()
         out.append(DisabledFile(host, active, _nm_disabled(active), _nm_conflict(wanted_names)))
     return out
-

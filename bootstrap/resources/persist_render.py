@@ -141,8 +141,12 @@ def _ifupdown_ovs(network: Network, br: OvsBridge) -> list[str]:
     out = _stanza(
         br.name,
         "manual",
-        ["ovs_type OVSBridge", f"ovs_ports {' '.join(ports)}", f"ovs_extra {extra}"]
-        + _mtu(network, br.mtu),
+        [
+            "ovs_type OVSBridge",
+            f"ovs_ports {' '.join(ports)}",
+            f"ovs_extra {extra}",
+            *_mtu(network, br.mtu),
+        ],
         auto=f"auto {br.name}\nallow-ovs {br.name}",
     )
     trunks = ",".join(str(t) for t in up.trunks)
@@ -274,12 +278,11 @@ def _netplan_native(network: Network, lay: Layout) -> dict[str, object]:
 def _netplan_ovs(network: Network, br: OvsBridge) -> dict[str, object]:
     assert br.uplink is not None
     up = br.uplink
+
     def ovs_ids() -> dict[str, object]:
         return {"external-ids": dict(MARK)}
 
-    ethernets = {
-        n: _with_mtu(network, _addresses(network, n), up.mtu) for n in up.interfaces()
-    }
+    ethernets = {n: _with_mtu(network, _addresses(network, n), up.mtu) for n in up.interfaces()}
     out: dict[str, object] = {"version": 2, "renderer": "networkd", "ethernets": ethernets}
     if up.members:
         bond_ovs: dict[str, object] = ovs_ids()
@@ -472,7 +475,9 @@ def _nm_ovs(network: Network, br: OvsBridge) -> dict[str, dict[str, dict[str, st
         port(up.name, trunk)
     for nic in up.interfaces():
         conns[nic] = {
-            "connection": _connection(nic, "ethernet", master=up.name, **{"slave-type": "ovs-port"}),
+            "connection": _connection(
+                nic, "ethernet", master=up.name, **{"slave-type": "ovs-port"}
+            ),
             **_eth(network, up.mtu),
         }
     for f in br.fake_bridges:

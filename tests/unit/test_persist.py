@@ -58,9 +58,10 @@ def _networks() -> list[tuple[str, Network]]:
     for path in sorted((REPO / "examples").glob("role-*.yaml")):
         doc = yaml.safe_load(path.read_text())
         spec = doc.get("spec", {})
-        if "network" in spec:
-            out.append((path.stem, Spec.model_validate(spec).network))
-    return [(n, net) for n, net in out if net is not None]
+        network = Spec.model_validate(spec).network if "network" in spec else None
+        if network is not None:
+            out.append((path.stem, network))
+    return out
 
 
 NETWORKS = _networks()
@@ -92,7 +93,7 @@ def _stanzas(text: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("net", [n for _, n in NETWORKS], ids=IDS)
 def test_ifupdown_defines_every_interface_once(net: Network) -> None:
-    (path, data), = render_ifupdown(net).items()
+    ((path, data),) = render_ifupdown(net).items()
     assert path == IFUPDOWN_FILE and data.startswith(HEADER.encode())
     text = data.decode()
     stanzas = _stanzas(text)
@@ -119,7 +120,7 @@ def test_ifupdown_defines_every_interface_once(net: Network) -> None:
 
 @pytest.mark.parametrize("net", [n for _, n in NETWORKS], ids=IDS)
 def test_netplan_names_every_interface(net: Network) -> None:
-    (path, data), = render_netplan(net).items()
+    ((path, data),) = render_netplan(net).items()
     assert path == NETPLAN_FILE
     doc = yaml.safe_load(data)["network"]
     defined = {k for s in ("ethernets", "bonds", "vlans", "bridges") for k in doc.get(s, {})}
@@ -139,12 +140,13 @@ def test_netplan_generate_accepts_and_translates(net: Network, tmp_path: Path) -
         f.chmod(0o600)
     done = subprocess.run(
         ["netplan", "generate", "--root-dir", str(tmp_path)],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    made = "\n".join(
-        p.read_text() for p in (tmp_path / "run").rglob("*") if p.is_file()
-    )
+    made = "\n".join(p.read_text() for p in (tmp_path / "run").rglob("*") if p.is_file())
     for name in interface_names(net):
         assert name in made, name
     if net.backend == "openvswitch":
@@ -180,7 +182,10 @@ def test_nm_keyfiles_survive_nmcli_offline(net: Network) -> None:
     for path, data in render_nm(net).items():
         done = subprocess.run(
             ["nmcli", "--offline", "connection", "modify", "connection.autoconnect", "yes"],
-            input=data, capture_output=True, check=False, timeout=30,
+            input=data,
+            capture_output=True,
+            check=False,
+            timeout=30,
         )
         assert done.returncode == 0, (path, done.stderr)
         back = _keyfile(done.stdout.decode())
