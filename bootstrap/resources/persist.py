@@ -20,7 +20,9 @@ installer's definitions of the interfaces our layout uses are disabled, never de
 ifupdown stanzas are commented out with :data:`DISABLED` (a line we add is preceded by
 :data:`ADDED`), a netplan file is renamed ``*.csboot-disabled``, a NetworkManager profile is
 renamed to a hidden ``.NAME.csboot-disabled`` (NetworkManager loads extensionless files in
-/etc, but never hidden ones). Definitions of other interfaces are never touched; a netplan
+/etc, but never hidden ones). This holds in every dialect the host has, whichever one persists (a Debian host
+with NetworkManager still runs ifupdown's stanzas at boot). Definitions of other
+interfaces are never touched; a netplan
 file that defines ours *and* others is an error naming the file. Every edit is computed
 from the file as it is, after undoing our own marks, so it converges and reverts (the
 transaction restores each file's snapshot byte for byte, including its absence).
@@ -481,13 +483,13 @@ def persist_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
         if path in wanted or (data is not None and ours(data)):
             secret = path.startswith((NETPLAN_DIR, NM_DIR))
             out.append(OwnedFile(host, path, wanted.get(path), mode=0o600 if secret else 0o644))
-    # the installer's definitions: ifupdown stanzas
+    # the installer's definitions of our interfaces, in every dialect the host has (an
+    # ifupdown stanza for eth0 would still DHCP it at boot beside NetworkManager's profile)
     for path in [INTERFACES, *_files(host, INTERFACES_D)]:
         if path == IFUPDOWN_FILE or not host.path(path).exists():
             continue
         source = IFUPDOWN_FILE if mode == "ifupdown" and path == INTERFACES else None
-        mine = names if mode == "ifupdown" else frozenset()
-        out.append(IfupdownFile(host, path, mine, source=source))
+        out.append(IfupdownFile(host, path, names, source=source))
     # netplan files and NetworkManager profiles: renamed away, or back
     for path in _files(host, NETPLAN_DIR):
         if path == NETPLAN_FILE:
@@ -498,8 +500,7 @@ def persist_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
             active, off = path[: -len(DISABLED_SUFFIX)], path
         else:
             continue
-        wanted_names = names if mode == "netplan" else frozenset()
-        out.append(DisabledFile(host, active, off, _netplan_conflict(wanted_names, active)))
+        out.append(DisabledFile(host, active, off, _netplan_conflict(names, active)))
     seen: set[str] = set()
     for path in _files(host, NM_DIR, "*") + _files(host, NM_DIR, ".*"):
         p = PurePosixPath(path)
@@ -512,6 +513,5 @@ def persist_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
         else:
             active = path
         seen |= {active, _nm_disabled(active)}
-        wanted_names = names if mode == "networkmanager" else frozenset()
-        out.append(DisabledFile(host, active, _nm_disabled(active), _nm_conflict(wanted_names)))
+        out.append(DisabledFile(host, active, _nm_disabled(active), _nm_conflict(names)))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -407,3 +408,39 @@ def test_nm_told_to_leave_our_devices_alone_when_ifupdown_persists(tmp_path: Pat
     text = conf.target.data.decode()
     for name in interface_names(OVS):
         assert f"interface-name:{name}" in text
+
+
+def test_every_dialect_the_host_has_is_disabled_whichever_persists(tmp_path: Path) -> None:
+    """Debian with NetworkManager: NM persists, and the installer's ifupdown stanza for
+    eth0 (which networking.service would still bring up with DHCP) is disabled too."""
+    host = HostRoot(tmp_path)
+    _touch(tmp_path, "/etc/network/interfaces", DEBIAN)
+    (tmp_path / "etc/NetworkManager").mkdir(parents=True)
+    before = _snapshot(tmp_path)
+
+    async def run() -> None:
+        plan = await make_plan(persist_resources(OVS, host))
+        for step in plan.pending:
+            await step.resource.apply(step.current, step.target)
+        text = (tmp_path / "etc/network/interfaces").read_text()
+        assert "eth0" not in ifupdown_names(text)
+        assert IFUPDOWN_FILE not in text  # no source line: ifupdown does not persist here
+        assert not (tmp_path / IFUPDOWN_FILE.lstrip("/")).exists()
+        for step in reversed(plan.pending):
+            await step.resource.revert(step.current)
+
+    asyncio.run(run())
+    assert _snapshot(tmp_path) == before
+
+
+def test_snapshots_survive_the_journal(tmp_path: Path) -> None:
+    """Every persist resource's state round-trips through JSON (the crash journal)."""
+    _touch(tmp_path, "/usr/sbin/netplan")
+    _touch(tmp_path, "/etc/netplan/50-cloud-init.yaml", CLOUD_INIT)
+    _touch(tmp_path, "/etc/network/interfaces", DEBIAN)
+    resources = persist_resources(OVS, HostRoot(tmp_path))
+    plan = asyncio.run(make_plan(resources))
+    assert plan.pending
+    for step in plan.steps:
+        r = step.resource
+        assert r.load(json.loads(json.dumps(r.dump(step.current)))) == step.current
