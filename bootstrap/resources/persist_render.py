@@ -26,6 +26,7 @@ import yaml
 from bootstrap.errors import InvalidDocument
 from bootstrap.model.spec import Network
 from bootstrap.resources.native_state import CENTISECONDS, Layout, layout
+from bootstrap.resources.native_state import MARK as LINK_MARK
 from bootstrap.resources.openvswitch import MARK
 from bootstrap.resources.openvswitch_state import OvsBridge, desired_bridge
 
@@ -85,6 +86,12 @@ def _address_options(network: Network, ifname: str) -> tuple[str, list[str]]:
     return "static", opts
 
 
+def _alias() -> str:
+    """Our mark on a link we create (IFLA_IFALIAS), so our agent finds its links as its own
+    after a boot without it, as it marks them itself."""
+    return f"post-up ip link set dev $IFACE alias {LINK_MARK}"
+
+
 def _mtu(network: Network, mtu: int | None) -> list[str]:
     return [f"mtu {mtu}"] if mtu is not None and mtu != 1500 else []
 
@@ -108,9 +115,10 @@ def _ifupdown_native(network: Network, lay: Layout) -> list[str]:
             opts.append(f"bond-lacp-rate {b.lacp_rate}")
         if b.xmit_hash_policy != "layer2":
             opts.append(f"bond-xmit-hash-policy {b.xmit_hash_policy}")
-        out += _stanza(b.ifname, "manual", opts + _mtu(network, b.mtu), auto=f"auto {b.ifname}")
+        opts += [*_mtu(network, b.mtu), _alias()]
+        out += _stanza(b.ifname, "manual", opts, auto=f"auto {b.ifname}")
     for v in lay.vlans:
-        opts = [f"vlan-raw-device {v.parent}", *_mtu(network, v.mtu)]
+        opts = [f"vlan-raw-device {v.parent}", *_mtu(network, v.mtu), _alias()]
         out += _stanza(v.ifname, "manual", opts, auto=f"auto {v.ifname}")
     for br in lay.bridges:
         method, addr = _address_options(network, br.ifname)
@@ -120,15 +128,23 @@ def _ifupdown_native(network: Network, lay: Layout) -> list[str]:
             f"bridge_fd {br.forward_delay_cs // CENTISECONDS}",
             "bridge_maxwait 0",
             *_mtu(network, br.mtu),
+            _alias(),
             *addr,
         ]
         out += _stanza(br.ifname, method, opts, auto=f"auto {br.ifname}")
     return out
 
 
-def _ovs_marks(*rows: tuple[str, str]) -> str:
-    """``ovs_extra``: our mark on each (table, name) row; ``${IFACE}`` is the stanza's own."""
-    return " -- ".join(f"set {t} {n} external-ids:{_MARK_KEY}={_MARK_VALUE}" for t, n in rows)
+def _ovs_marks(*rows: tuple[str, str], mtu: int | None = None) -> str:
+    """``ovs_extra``: our mark on each (table, name) row (``${IFACE}`` is the stanza's own),
+    and ``mtu_request`` on each interface, as our apply writes them."""
+    cmds = []
+    for table, name in rows:
+        cmd = f"set {table} {name} external-ids:{_MARK_KEY}={_MARK_VALUE}"
+        if table == "interface" and mtu is not None:
+            cmd += f" mtu_request={mtu}"
+        cmds.append(cmd)
+    return " -- ".join(cmds)
 
 
 def _ifupdown_ovs(network: Network, br: OvsBridge) -> list[str]:
@@ -136,7 +152,9 @@ def _ifupdown_ovs(network: Network, br: OvsBridge) -> list[str]:
     up = br.uplink
     fakes = list(br.fake_bridges)
     ports = [up.name, *(f.name for f in fakes)]
-    extra = _ovs_marks(("bridge", "${IFACE}"), ("port", "${IFACE}"), ("interface", "${IFACE}"))
+    extra = _ovs_marks(
+        ("bridge", "${IFACE}"), ("port", "${IFACE}"), ("interface", "${IFACE}"), mtu=br.mtu
+    )
     extra += f" -- set bridge ${{IFACE}} datapath_type={br.datapath}"
     out = _stanza(
         br.name,
@@ -170,7 +188,7 @@ def _ifupdown_ovs(network: Network, br: OvsBridge) -> list[str]:
             ]
         opts.append(f"ovs_options {' '.join(settings)}")
         marks = [("port", "${IFACE}"), *(("interface", m) for m in up.members)]
-        opts.append(f"ovs_extra {_ovs_marks(*marks)}")
+        opts.append(f"ovs_extra {_ovs_marks(*marks, mtu=up.mtu)}")
         out += _stanza(up.name, "manual", opts, auto=f"allow-{br.name} {up.name}")
         for m in up.members:
             out += _stanza(m, "manual", _mtu(network, up.mtu), auto=None)
@@ -179,7 +197,7 @@ def _ifupdown_ovs(network: Network, br: OvsBridge) -> list[str]:
             f"ovs_bridge {br.name}",
             "ovs_type OVSPort",
             f"ovs_options trunks={trunks}",
-            f"ovs_extra {_ovs_marks(('port', '${IFACE}'), ('interface', '${IFACE}'))}",
+            f"ovs_extra {_ovs_marks(('port', '${IFACE}'), ('interface', '${IFACE}'), mtu=up.mtu)}",
             *_mtu(network, up.mtu),
         ]
         out += _stanza(up.name, "manual", opts, auto=f"allow-{br.name} {up.name}")
@@ -189,7 +207,7 @@ def _ifupdown_ovs(network: Network, br: OvsBridge) -> list[str]:
             f"ovs_bridge {br.name}",
             "ovs_type OVSIntPort",
             f"ovs_options tag={f.vlan} fake_bridge=true",
-            f"ovs_extra {_ovs_marks(('port', '${IFACE}'), ('interface', '${IFACE}'))}",
+            f"ovs_extra {_ovs_marks(('port', '${IFACE}'), ('interface', '${IFACE}'), mtu=f.mtu)}",
             *_mtu(network, f.mtu),
             *addr,
         ]

@@ -3,6 +3,7 @@ back from the files ``network.persist`` wrote, and every check passes again (roo
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
+from bootstrap.converge import plan_host
+from bootstrap.host.root import HostRoot
 from bootstrap.resources.persist import DISABLED
 from bootstrap.resources.persist_render import IFUPDOWN_FILE
 from simulator.checks import CheckResult
 from simulator.fleet import Sim
+from simulator.hosts import SimHost
 from simulator.pytest_plugin import SimFactory
 from simulator.reboot import reboot
 
@@ -35,6 +39,15 @@ def _debian_installed(tmp_path: Path, net: str) -> Path:
     path = tmp_path / net
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _agent_would_change(host: SimHost) -> list[str]:
+    """What our agent would change if it started now: the layout ifupdown built must be
+    ours exactly (links, OVS rows, marks, MTUs, address); only the default route, which
+    ifupdown adds without our protocol mark, is adopted."""
+    with host.ns.inside():
+        plan = asyncio.run(plan_host(host.layout.spec, HostRoot(host.root)))
+    return [str(c) for c in plan.changes if c.resource != "route/default" or c.action != "adopt"]
 
 
 def _all_pass(fleet: Sim, *, skipped: frozenset[str] = frozenset()) -> dict[str, CheckResult]:
@@ -75,6 +88,7 @@ def test_ovs_hosts_come_back_with_ifupdown_alone(sim: SimFactory, tmp_path: Path
         assert ipr.get_addr(index=eth0, family=socket.AF_INET) == ()
     assert addrs == ["192.168.42.11"]
     assert "cloudbr" in second.ifup_output
+    assert _agent_would_change(kvm1) == []
     _all_pass(fleet)
     # the control: without our file, the same boot brings nothing back
     kvm3 = fleet.hosts["kvm3"]
@@ -105,4 +119,5 @@ def test_native_untagged_bridges_come_back_with_ifupdown_alone(
         assert ipr.get_links(eth0)[0].get_attr("IFLA_MASTER") == br
         v4 = ipr.get_addr(index=br, family=socket.AF_INET)
         assert [a.get_attr("IFA_ADDRESS") for a in v4] == ["192.168.42.11"]
+    assert _agent_would_change(kvm1) == []
     _all_pass(fleet, skipped=frozenset({"isolation"}))  # one guest VLAN: nothing to isolate
