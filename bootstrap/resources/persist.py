@@ -20,9 +20,9 @@ installer's definitions of the interfaces our layout uses are disabled, never de
 ifupdown stanzas are commented out with :data:`DISABLED` (a line we add is preceded by
 :data:`ADDED`), a netplan file is renamed ``*.csboot-disabled``, a NetworkManager profile is
 renamed to a hidden ``.NAME.csboot-disabled`` (NetworkManager loads extensionless files in
-/etc, but never hidden ones). This holds in every dialect the host has, whichever one persists (a Debian host
-with NetworkManager still runs ifupdown's stanzas at boot). Definitions of other
-interfaces are never touched; a netplan
+/etc, but never hidden ones). This holds in every dialect the host has, whichever one
+persists (a Debian host with NetworkManager still runs ifupdown's stanzas at boot).
+Definitions of other interfaces are never touched; a netplan
 file that defines ours *and* others is an error naming the file. Every edit is computed
 from the file as it is, after undoing our own marks, so it converges and reverts (the
 transaction restores each file's snapshot byte for byte, including its absence).
@@ -232,10 +232,13 @@ class OwnedFile(FileResource):
     A file at the path without our header is someone else's: the plan stops with an error
     naming it instead of overwriting it."""
 
-    def __init__(self, host: HostRoot, path: str, content: bytes | None, *, mode: int) -> None:
+    def __init__(
+        self, host: HostRoot, path: str, content: bytes | None, *, mode: int, summary: str = ""
+    ) -> None:
         super().__init__(host, path)
         self.content = content
         self.mode = mode
+        self.summary = summary
 
     def edit(self, data: bytes | None) -> bytes | None:
         if data is not None and not ours(data) and data != self.content:
@@ -248,6 +251,12 @@ class OwnedFile(FileResource):
 
     async def apply(self, current: FileState, target: FileState) -> None:
         _write(self.path, target.data, self.mode)
+
+    def describe(self, old: bytes | None, new: bytes | None) -> str:
+        if new is None:
+            return "remove (ours)"
+        what = f"{len(new)} bytes" if old is None else f"{len(old)} -> {len(new)} bytes"
+        return f"{what}, {self.summary}" if self.summary else what
 
     def owned(self) -> str:
         return "whole file"
@@ -442,21 +451,30 @@ def _unmanaged(names: frozenset[str]) -> bytes:
     return f"{HEADER}\n[keyfile]\nunmanaged-devices={devices}\n".encode()
 
 
+def limits(network: Network, mode: str) -> list[str]:
+    """Pure: what the chosen dialect cannot say about this layout (the plan warns)."""
+    out: list[str] = []
+    if network.backend != "openvswitch":
+        return out
+    if mode == "netplan" and network.openvswitch.datapath != "system":
+        out.append(
+            f"netplan has no datapath_type: the persisted {network.openvswitch.bridge} boots "
+            f"on the system datapath, not {network.openvswitch.datapath}"
+        )
+    if mode == "networkmanager":
+        out.append(
+            "NetworkManager makes tagged internal ports, not ovs-vsctl fake bridges: after a "
+            "boot without our agent `ovs-vsctl br-exists` fails for "
+            + ", ".join(b.name for b in network.all_bridges())
+        )
+    return out
+
+
 def persist_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
     """Our files for the chosen mode, the installer's conflicting definitions disabled,
     and every file of ours from another mode (or an earlier layout) removed."""
     mode: Mode = detect(host) if network.persist == "auto" else network.persist
     names = interface_names(network) if mode != "none" else frozenset()
-    wanted: dict[str, bytes] = {}
-    if mode == "ifupdown":
-        wanted = render_ifupdown(network)
-    elif mode == "netplan":
-        wanted = render_netplan(network)
-    elif mode == "networkmanager":
-        wanted = render_nm(network)
-    nm_installed = host.path("/etc/NetworkManager").is_dir()
-    if mode in ("ifupdown", "netplan") and nm_installed:
-        wanted[NM_UNMANAGED] = _unmanaged(names)
     out: list[Resource[Any]] = []
     if mode == "none":
         why = (
@@ -471,47 +489,79 @@ def persist_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
                 "OVSDB, and only our agent brings it back after a reboot",
             )
         )
-    # ours: wanted, or (with our header) stale
+    out += [PlanWarning("persist", f"spec.network.persist: {m}") for m in limits(network, mode)]
+    return out + _our_files(network, host, mode, names) + _installer_files(host, mode, names)
+
+
+def _our_files(
+    network: Network, host: HostRoot, mode: Mode, names: frozenset[str]
+) -> list[Resource[Any]]:
+    """The files of the mode, and any file of ours (our header) no longer wanted."""
+    wanted: dict[str, bytes] = {}
+    if mode == "ifupdown":
+        wanted = render_ifupdown(network)
+    elif mode == "netplan":
+        wanted = render_netplan(network)
+    elif mode == "networkmanager":
+        wanted = render_nm(network)
+    listed = ", ".join(sorted(names))
+    if mode in ("ifupdown", "netplan") and host.path("/etc/NetworkManager").is_dir():
+        wanted[NM_UNMANAGED] = _unmanaged(names)
     candidates = {
         IFUPDOWN_FILE,
         NETPLAN_FILE,
         NM_UNMANAGED,
         *_files(host, NM_DIR, f"{NM_PREFIX}*.nmconnection"),
     }
+    out: list[Resource[Any]] = []
     for path in sorted(candidates | set(wanted)):
         data = read_bytes(host.path(path))
-        if path in wanted or (data is not None and ours(data)):
-            secret = path.startswith((NETPLAN_DIR, NM_DIR))
-            out.append(OwnedFile(host, path, wanted.get(path), mode=0o600 if secret else 0o644))
-    # the installer's definitions of our interfaces, in every dialect the host has (an
-    # ifupdown stanza for eth0 would still DHCP it at boot beside NetworkManager's profile)
+        if path not in wanted and (data is None or not ours(data)):
+            continue
+        summary = ""
+        if path == NM_UNMANAGED:
+            summary = f"NetworkManager leaves {listed} alone"
+        elif path.startswith(NM_DIR) and path in wanted:
+            summary = "NetworkManager profile"
+        elif path in wanted:
+            summary = f"{mode}: {listed}"
+        secret = path.startswith((NETPLAN_DIR, NM_DIR))
+        mode_bits = 0o600 if secret else 0o644
+        out.append(OwnedFile(host, path, wanted.get(path), mode=mode_bits, summary=summary))
+    return out
+
+
+def _installer_files(host: HostRoot, mode: Mode, names: frozenset[str]) -> list[Resource[Any]]:
+    """The installer's definitions of our interfaces, in every dialect the host has (an
+    ifupdown stanza for eth0 would still DHCP it at boot beside NetworkManager's profile),
+    disabled; those we disabled and no longer need to, given back."""
+    out: list[Resource[Any]] = []
     for path in [INTERFACES, *_files(host, INTERFACES_D)]:
         if path == IFUPDOWN_FILE or not host.path(path).exists():
             continue
         source = IFUPDOWN_FILE if mode == "ifupdown" and path == INTERFACES else None
         out.append(IfupdownFile(host, path, names, source=source))
-    # netplan files and NetworkManager profiles: renamed away, or back
+    seen: set[str] = set()
     for path in _files(host, NETPLAN_DIR):
-        if path == NETPLAN_FILE:
-            continue
-        if path.endswith(".yaml"):
-            active, off = path, path + DISABLED_SUFFIX
-        elif path.endswith(".yaml" + DISABLED_SUFFIX):
-            active, off = path[: -len(DISABLED_SUFFIX)], path
+        if path.endswith(".yaml" + DISABLED_SUFFIX):
+            active = path[: -len(DISABLED_SUFFIX)]
+        elif path.endswith(".yaml") and path != NETPLAN_FILE:
+            active = path
         else:
             continue
-        out.append(DisabledFile(host, active, off, _netplan_conflict(names, active)))
-    seen: set[str] = set()
+        if active not in seen:
+            seen.add(active)
+            off = active + DISABLED_SUFFIX
+            out.append(DisabledFile(host, active, off, _netplan_conflict(names, active)))
     for path in _files(host, NM_DIR, "*") + _files(host, NM_DIR, ".*"):
         p = PurePosixPath(path)
-        if p.name.startswith(NM_PREFIX) or path in seen:
-            continue
         if p.name.startswith(".") and p.name.endswith(DISABLED_SUFFIX):
             active = str(p.with_name(p.name[1 : -len(DISABLED_SUFFIX)]))
-        elif p.name.startswith("."):
+        elif p.name.startswith((".", NM_PREFIX)):
             continue
         else:
             active = path
-        seen |= {active, _nm_disabled(active)}
-        out.append(DisabledFile(host, active, _nm_disabled(active), _nm_conflict(names)))
+        if active not in seen:
+            seen.add(active)
+            out.append(DisabledFile(host, active, _nm_disabled(active), _nm_conflict(names)))
     return out

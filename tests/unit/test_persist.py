@@ -444,3 +444,15 @@ def test_snapshots_survive_the_journal(tmp_path: Path) -> None:
     for step in plan.steps:
         r = step.resource
         assert r.load(json.loads(json.dumps(r.dump(step.current)))) == step.current
+
+
+def test_what_a_dialect_cannot_say_is_a_plan_warning(tmp_path: Path) -> None:
+    _touch(tmp_path, "/usr/sbin/netplan")
+    _touch(tmp_path, "/etc/netplan/01-empty.yaml", "network: {version: 2}\n")
+    assert OVS.openvswitch.datapath == "netdev"
+    plan = asyncio.run(make_plan(persist_resources(OVS, HostRoot(tmp_path))))
+    assert any("datapath_type" in w for w in plan.warnings)
+    nm = OVS.model_copy(update={"persist": "networkmanager"})
+    plan = asyncio.run(make_plan(persist_resources(nm, HostRoot(tmp_path))))
+    assert any("fake bridges" in w and "mgmt0" in w for w in plan.warnings)
+    assert not asyncio.run(make_plan(persist_resources(BASIC, HostRoot(tmp_path)))).warnings
