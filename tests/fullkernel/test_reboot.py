@@ -4,6 +4,7 @@ bonding): Debian's ifup -a over the files network.persist wrote, then every chec
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,16 @@ REPO = Path(__file__).resolve().parents[2]
 CHECKS = {"reach", "isolation", "ports", "migration", "cloudstack"}
 
 
-@pytest.mark.parametrize("net", ["basic", "bond-native"])
+BOND = pytest.param(
+    "bond-native",
+    marks=pytest.mark.skipif(
+        os.environ.get("CSBOOT_REBOOT_BONDS") != "1",
+        reason="~9 min in the VM (LACP on two hosts, twice): CSBOOT_REBOOT_BONDS=1 runs it",
+    ),
+)
+
+
+@pytest.mark.parametrize("net", ["basic", BOND])
 def test_native_vlans_and_bonds_come_back_with_ifupdown_alone(
     sim: SimFactory, tmp_path: Path, net: str
 ) -> None:
@@ -34,8 +44,8 @@ def test_native_vlans_and_bonds_come_back_with_ifupdown_alone(
     for host in fleet.hosts.values():
         booted[host.name] = reboot(fleet, host)
         removed = booted[host.name].removed_links
-        assert "mgmt0" in removed
-        assert {"eth0.100", "bond0.100"} & set(removed)
+        # (a VLAN interface goes with the NIC or bond beneath it, so it may not be listed)
+        assert {"mgmt0", "cloudbr0", "cloudbr1"} <= set(removed)
     kvm1 = fleet.hosts["kvm1"]
     with kvm1.ns.inside():
         plan = asyncio.run(plan_host(kvm1.layout.spec, HostRoot(kvm1.root)))
