@@ -61,10 +61,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: /etc/network/interfaces changed during the install: check it" >&2
     exit 2
   fi
-  # ... nor NetworkManager at the next boot (ifupdown's networking.service is what a
-  # Debian machine without it uses): nmcli --offline is all the tests need.
+  # ... nor at the next boot: NetworkManager (nmcli --offline is all the tests need), and
+  # ifupdown's networking.service where ifupdown was not what configured this machine.
   if [[ " ${missing[*]} " == *" network-manager "* ]] && command -v systemctl >/dev/null; then
     systemctl disable NetworkManager >/dev/null 2>&1 || true
+  fi
+  if [[ " ${missing[*]} " == *" ifupdown "* ]] && [ "$had_interfaces" = none ] \
+    && command -v systemctl >/dev/null; then
+    systemctl disable networking >/dev/null 2>&1 || true
   fi
   # ... nor at the next boot: the tests start their own firewalld in a namespace.
   if [[ " ${missing[*]} " == *" firewalld "* ]] && command -v systemctl >/dev/null; then
