@@ -121,3 +121,10 @@ def test_native_untagged_bridges_come_back_with_ifupdown_alone(
         assert [a.get_attr("IFA_ADDRESS") for a in v4] == ["192.168.42.11"]
     assert _agent_would_change(kvm1) == []
     _all_pass(fleet, skipped=frozenset({"isolation"}))  # one guest VLAN: nothing to isolate
+
+
+def test_cli_reboot_of_an_unknown_run_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulator.cli import main
+
+    assert main(["reboot", "kvm1", "--run", "csbnone00", "--json"]) == 2
+    assert "csbnone00" in capsys.readouterr().out
