@@ -102,6 +102,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "documents": [d.topic_key() + f"@{d.version}" for d in docs],
                 "changes": [c.to_json() for c in plan.changes],
                 "restarts": restarts,
+                "warnings": plan.warnings,
                 "ownership": owned,
             }
         )
@@ -112,6 +113,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for service in restarts:
             print(f"  ↻ service/{service}: restart (reads a changed file)")
         print(f"{len(plan.changes)} change(s) pending." if plan else "nothing to change.")
+        for warning in plan.warnings:
+            print(f"  ! {warning}")
         for line in owned:
             print(line)
     return 2 if plan else 0

@@ -17,6 +17,9 @@ DEB_PACKAGES=(
   libvirt-daemon openssl               # a real libvirtd (no system integration, never started by apt) for the libvirt-mode tests
   dnf rpm createrepo-c                 # the EL side of the packages tests: a signed rpm repository, dnf --installroot
   firewalld ufw                        # firewall managers, each run only inside a test's namespace (tests/netns/test_fwmgr.py); never started here
+  ifupdown bridge-utils ifenslave      # network.persist: Debian's ifup -a (and its bridge/bond hooks) boots a simulated host from our files (tests/*/test_reboot.py)
+  netplan.io                           # network.persist: `netplan generate --root-dir` must accept our netplan files
+  network-manager                      # network.persist: `nmcli --offline` reads our keyfiles back (NetworkManager is never started)
 )
 # The full-kernel lane boots Debian's generic kernel (the cloud kernel lacks 9p); virtme-ng
 # builds its initramfs with busybox.
@@ -34,15 +37,39 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # No service may start on this machine because a package was installed (firewalld
-  # would firewall it): policy-rc.d answers "forbidden" to every maintainer script.
+  # would firewall it, NetworkManager or ifupdown's networking would configure its
+  # interfaces): policy-rc.d answers "forbidden" to every maintainer script.
   guard=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod +x /usr/sbin/policy-rc.d
     guard=/usr/sbin/policy-rc.d
   fi
+  # ifupdown creates /etc/network/interfaces when there is none; it must not configure
+  # this machine's own interfaces (only lo, and the source line, are acceptable).
+  had_interfaces=$([ -e /etc/network/interfaces ] && sha1sum /etc/network/interfaces || echo none)
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ -n "$guard" ]; then rm -f "$guard"; fi
+  if [ "$had_interfaces" = none ] && [ -e /etc/network/interfaces ] \
+    && grep -Ev '^\s*(#|$|source |auto lo$|iface lo inet loopback$)' /etc/network/interfaces; then
+    echo "setup: ifupdown wrote stanzas for this machine's interfaces (above): check" \
+      "/etc/network/interfaces before any networking service runs" >&2
+    exit 2
+  fi
+  if [ "$had_interfaces" != none ] \
+    && [ "$had_interfaces" != "$(sha1sum /etc/network/interfaces 2>/dev/null)" ]; then
+    echo "setup: /etc/network/interfaces changed during the install: check it" >&2
+    exit 2
+  fi
+  # ... nor at the next boot: NetworkManager (nmcli --offline is all the tests need), and
+  # ifupdown's networking.service where ifupdown was not what configured this machine.
+  if [[ " ${missing[*]} " == *" network-manager "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable NetworkManager >/dev/null 2>&1 || true
+  fi
+  if [[ " ${missing[*]} " == *" ifupdown "* ]] && [ "$had_interfaces" = none ] \
+    && command -v systemctl >/dev/null; then
+    systemctl disable networking >/dev/null 2>&1 || true
+  fi
   # ... nor at the next boot: the tests start their own firewalld in a namespace.
   if [[ " ${missing[*]} " == *" firewalld "* ]] && command -v systemctl >/dev/null; then
     systemctl disable firewalld >/dev/null 2>&1 || true

@@ -1,6 +1,8 @@
 """``csboot-sim up|check|down|demo NET [--json]``: exit 0 every check passed, 1 a check
-(or the rollout) failed, 2 the fleet could not be built. ``csboot-sim csboot rollout|status
-ARGS`` runs the fleet tool as the run's operator inside its broker namespace (its exit code).
+(or the rollout) failed, 2 the fleet could not be built. ``csboot-sim reboot HOST`` reboots
+a host of a running fleet without our agent (0 booted, 1 ``ifup -a`` failed, 2 no such
+host). ``csboot-sim csboot rollout|status ARGS`` runs the fleet tool as the run's operator
+inside its broker namespace (its exit code).
 
 ``demo`` is up + rollout + check + report + down, and always downs. Nets with native-backend
 hosts need 8021q; on a kernel without it, ``demo`` runs itself once inside the full-kernel VM
@@ -83,6 +85,32 @@ def cmd_down(args: argparse.Namespace) -> int:
     for run in runs:
         removed = down_run(run)
         _say(f"removed {len(removed)} namespace(s): {' '.join(removed) or '-'}", args.json)
+    return EXIT_OK
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    """A host of a running fleet rebooted without our agent (``simulator/reboot.py``)."""
+    from simulator.reboot import RebootError, reboot
+
+    try:
+        sim = Sim.attach(args.run)
+        host = sim.hosts.get(args.host)
+        if host is None:
+            raise SimError(f"run {sim.run_id} has no host {args.host!r}")
+    except (SimError, BootstrapError) as exc:
+        emit(to_json(net="-", run=args.run or "-", phase="reboot", error=str(exc)), args.json)
+        return EXIT_BUILD
+    try:
+        result = reboot(sim, host, fresh_ovsdb=args.fresh_ovsdb)
+    except (RebootError, OSError) as exc:
+        emit(to_json(net=sim.net.name, run=sim.run_id, phase="reboot", error=str(exc)), args.json)
+        return EXIT_FAILED
+    db = "an empty OVSDB" if result.fresh_ovsdb else "its OVSDB"
+    _say(
+        f"{host.name} rebooted without our agent ({len(result.removed_links)} link(s) "
+        f"forgotten, OVS on {db}, ifup -a); `csboot-sim check` to judge it",
+        args.json,
+    )
     return EXIT_OK
 
 
@@ -195,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--native", action="store_true", help="never use the full-kernel VM")
     de.add_argument("--vm-timeout", type=float, default=900.0)
     de.set_defaults(handler=cmd_demo)
+    rb = sub.add_parser(
+        "reboot", help="reboot a host without our agent: the distro's ifup -a over its files"
+    )
+    rb.add_argument("host")
+    rb.add_argument("--run", help="run id (default: the latest)")
+    rb.add_argument("--fresh-ovsdb", action="store_true", help="boot OVS on an empty database")
+    rb.add_argument("--json", action="store_true", help="machine-readable report")
+    rb.set_defaults(handler=cmd_reboot)
     cs = sub.add_parser(
         "csboot", help="run `csboot rollout|status ...` in a fleet's broker namespace as operator"
     )

@@ -126,6 +126,8 @@ class SimHost:
             cls.cable(layout, ns, fabric)
         if layout.backend == "openvswitch":
             host.ovs = OvsDaemons(root, ns).start()
+        if layout.install_distro == "ifupdown":
+            host.write_installer_interfaces(mgmt_vlan)
         iface = layout.uplink
         if layout.install_mode == "seed-ovs":
             iface = host._build_seed_ovs(mgmt_vlan)
@@ -143,6 +145,23 @@ class SimHost:
                 # metric 100, as DHCP (NetworkManager, dhclient) leaves it on an installed host
                 ipr.route("add", dst="0.0.0.0/0", gateway=str(layout.install_gateway), priority=100)
         return host
+
+    def write_installer_interfaces(self, mgmt_vlan: int) -> None:
+        """Debian's /etc/network/interfaces as debian-installer leaves it (static install)."""
+        lay = self.layout
+        iface = f"{lay.uplink}.{mgmt_vlan}" if lay.install_tagged else lay.uplink
+        gateway = f"\tgateway {lay.install_gateway}\n" if lay.install_gateway else ""
+        etc = self.root / "etc/network"
+        (etc / "interfaces.d").mkdir(parents=True, exist_ok=True)
+        (etc / "interfaces").write_text(
+            "# This file describes the network interfaces available on your system\n"
+            "# and how to activate them. For more information, see interfaces(5).\n\n"
+            "source /etc/network/interfaces.d/*\n\n"
+            "# The loopback network interface\nauto lo\niface lo inet loopback\n\n"
+            "# The primary network interface\n"
+            f"allow-hotplug {iface}\niface {iface} inet static\n"
+            f"\taddress {lay.install_address}\n{gateway}"
+        )
 
     def _build_seed_ovs(self, mgmt_vlan: int) -> str:
         assert self.ovs is not None

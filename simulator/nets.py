@@ -113,6 +113,10 @@ class Install(_Strict):
     """
 
     management: Literal["untagged", "vlan", "bare", "seed-ovs"] = "untagged"
+    #: ``ifupdown``: the installer also wrote Debian's /etc/network/interfaces for that
+    #: first-contact address (``iface eth0 inet static``), as debian-installer does, so
+    #: ``network.persist: auto`` finds ifupdown and must disable the installer's stanza
+    distro: Literal["none", "ifupdown"] = "none"
 
 
 class HostEntry(_Strict):
@@ -286,6 +290,7 @@ class HostLayout:
     install_mode: str  # Install.management
     install_address: ipaddress.IPv4Interface  # what the installer left (first contact)
     install_gateway: ipaddress.IPv4Address | None
+    install_distro: str  # Install.distro
     roles: tuple[str, ...]
     host_doc: dict[str, Any]
     spec: Spec
@@ -446,6 +451,7 @@ def build_layout(net: Net) -> Layout:
                 install_mode=install.management,
                 install_address=inst_addr,
                 install_gateway=inst_gw,
+                install_distro=install.distro,
                 roles=entry.roles,
                 host_doc=host_doc,
                 spec=spec,

@@ -141,6 +141,8 @@ def run_in_vm(
         outdir = Path(tmp)
         script = outdir / "run.sh"
         guest_env = {"CSBOOT_FULLKERNEL": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        if "PYTHONPATH" in os.environ:  # a worktree's code, not the venv's editable install
+            guest_env.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
         script.write_text(guest_script(argv, guest_env, outdir))
         kvm = os.environ.get("CSBOOT_VM_KVM") == "1"  # /dev/kvm may exist and still fail
         cmd = vng_argv(

@@ -37,6 +37,10 @@ class Plan:
         wanted = {svc for s in self.pending for svc in s.resource.restarts}
         return sorted(wanted)
 
+    @property
+    def warnings(self) -> list[str]:
+        return [w for s in self.steps for w in s.resource.warnings]
+
     def __bool__(self) -> bool:
         return bool(self.pending)
 

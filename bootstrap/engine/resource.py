@@ -53,6 +53,8 @@ class Resource(ABC, Generic[S]):
     #: changing it can cut a network path (links, addresses, the firewall): only then are
     #: the transaction's probes waited for after the change
     network: ClassVar[bool] = False
+    #: what the plan must say although nothing changes (e.g. nothing to persist into)
+    warnings: tuple[str, ...] = ()
 
     @property
     @abstractmethod

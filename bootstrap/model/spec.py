@@ -265,8 +265,17 @@ class OpenVSwitch(Strict):
     management_bridge: IfName = "mgmt0"
 
 
+PERSIST_MODES = ("auto", "ifupdown", "netplan", "networkmanager", "none")
+Persist = Literal["auto", "ifupdown", "netplan", "networkmanager", "none"]
+
+
 class Network(Strict):
+    """``persist``: where the layout is also written so the distro's own network manager
+    brings it back at boot without us (``auto``: what the host has; see
+    ``bootstrap/resources/persist.py``)."""
+
     backend: Literal["native", "openvswitch"] = "native"
+    persist: Persist = "auto"
     uplink: NicName
     mtu: Mtu = 1500
     management: Management | None = None

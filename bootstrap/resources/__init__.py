@@ -1,10 +1,11 @@
 """One module per managed thing; ``resources_for`` lists them in apply order for a spec.
 
 Order: packages first (CloudStack's repository, then the packages; never reverted), then the
-network (links, then the management address), the firewall (our nftables table, or our
-rules in firewalld / ufw: see ``fwmanager``), the kernel settings (``sysctl``), files
-(security, libvirt, time, agent.properties) and the units the packages ship. The
-transaction reverts in reverse order.
+network (links, then the management address, then the distro's own network configuration
+that brings them back at boot: ``persist``), the firewall (our nftables table, or our rules
+in firewalld / ufw: see ``fwmanager``), the kernel settings (``sysctl``), files (security,
+libvirt, time, agent.properties) and the units the packages ship. The transaction reverts
+in reverse order.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def resources_for(
             from bootstrap.resources.native import native_resources
 
             out += native_resources(spec.network, host)
+        from bootstrap.resources.persist import persist_resources
+
+        out += persist_resources(spec.network, host)
     if spec.firewall is not None:
         from bootstrap.resources.fwmanager import manager_resources
 

@@ -1,0 +1,192 @@
+"""A simulated host's reboot, with no agent of ours: only the distro brings the network back.
+
+``reboot(sim, host)`` models what a boot leaves and what Debian's boot does:
+
+1. shutdown: our agent stops (SIGTERM); the VMs (the checks' guests) are gone;
+2. the kernel forgets: OVS's daemons stop, every link that is not a NIC (bridges, VLANs,
+   bonds, OVS's internal ports, guest ports) is deleted, the NICs lose every address and
+   route and go down;
+3. boot: ``openvswitch-switch`` starts the daemons again, on the same database file
+   (Debian keeps /etc/openvswitch/conf.db across a reboot) or, ``fresh_ovsdb=True``, on an
+   empty one (so only the written configuration can rebuild the rows); then Debian's
+   ``networking`` service runs ``ifup -a``, the real ifupdown, inside the host's network
+   namespace and a private mount namespace where the host's own files are the machine's:
+   ``<root>/etc/network/interfaces`` and ``interfaces.d`` over /etc/network's, the host
+   namespace's own sysfs on /sys (the hooks look for /sys/class/net/PORT), a tmpfs on
+   /run (ifupdown's state, nothing leaks to the machine) with the host's OVS run directory
+   on /run/openvswitch (the openvswitch hook in if-pre-up.d calls ``ovs-vsctl`` there).
+   The hooks in /etc/network/if-*.d are the machine's: bridge-utils', openvswitch-switch's
+   and ifenslave's, as the packages install them on the host.
+
+Kept across the "reboot", because persisting them is not this step's job: the nftables
+ruleset and the namespace's sysctls (a real boot loads them from /etc/nftables.conf and
+/etc/sysctl.d).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from simulator.ovs import OvsDaemons
+
+if TYPE_CHECKING:
+    from simulator.fleet import Sim
+    from simulator.hosts import SimHost
+
+__all__ = ["RebootError", "RebootResult", "reboot"]
+
+STOP_DEADLINE = 10.0
+
+
+class RebootError(RuntimeError):
+    """The host could not be taken down or booted (what failed, with ifup's output)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RebootResult:
+    host: str
+    removed_links: tuple[str, ...]
+    ifup_output: str
+    fresh_ovsdb: bool
+
+
+def _stop_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_DEADLINE
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def _stop_agent(host: SimHost) -> None:
+    if host.agent is not None and host.agent.poll() is None:
+        host.agent.terminate()
+        try:
+            host.agent.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            host.agent.kill()
+            host.agent.wait()
+    host.agent = None
+    # an agent started by another process (``csboot-sim reboot`` on a running fleet)
+    _stop_pids([p for p in host.ns.pids() if _is_agent(p)])
+
+
+def _is_agent(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(Path(a.decode(errors="replace")).name == "csboot" for a in argv[:2]) and (
+        b"agent" in argv
+    )
+
+
+def _stop_ovs(host: SimHost) -> None:
+    ovs = host.ovs
+    if ovs is None:
+        return
+    if ovs.running:
+        ovs.stop()
+        return
+    pids = []  # daemons a different process started: by their pidfiles
+    for daemon in ("ovs-vswitchd", "ovsdb-server"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int((ovs.rundir / f"{daemon}.pid").read_text().strip()))
+    _stop_pids([p for p in pids if p in host.ns.pids()])
+
+
+def _forget(host: SimHost) -> tuple[str, ...]:
+    """Delete every non-NIC link; NICs: no address, no route, down."""
+    nics = set(host.layout.nics)
+    removed = []
+    with host.ns.iproute() as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name == "lo" or name in nics:
+                continue
+            with contextlib.suppress(Exception):
+                ipr.link("del", index=link["index"])
+                removed.append(name)
+        for nic in nics:
+            (idx,) = ipr.link_lookup(ifname=nic)
+            ipr.flush_addr(index=idx)
+            ipr.link("set", index=idx, state="down")
+        ipr.flush_routes()
+    return tuple(sorted(removed))
+
+
+def ifup_script(root: Path) -> str:
+    """The shell run in the private mount namespace: the host's files on the distro paths."""
+    etc = root / "etc/network"
+    run_ovs = root / "var/run/openvswitch"
+    q = shlex.quote
+    return "\n".join(
+        [
+            "set -e",
+            f"mount --bind {q(str(etc / 'interfaces'))} /etc/network/interfaces",
+            f"mount --bind {q(str(etc / 'interfaces.d'))} /etc/network/interfaces.d",
+            # sysfs as the host's network namespace sees it: the hooks test
+            # /sys/class/net/<port> (nsenter keeps the machine's /sys otherwise)
+            "mount -t sysfs csboot-sim-sys /sys",
+            "mount -t tmpfs -o mode=0755 csboot-sim-run /run",
+            "mkdir -p /run/network /run/openvswitch",
+            f"mount --bind {q(str(run_ovs))} /run/openvswitch" if run_ovs.is_dir() else "true",
+            "exec ifup -a -v",
+        ]
+    )
+
+
+def boot_ifupdown(host: SimHost, *, timeout: float = 60.0) -> str:
+    """Debian's ``ifup -a`` over the host's own /etc/network; its output."""
+    if not (host.root / "etc/network/interfaces").is_file():
+        raise RebootError(f"{host.name}: no /etc/network/interfaces under {host.root}")
+    (host.root / "etc/network/interfaces.d").mkdir(parents=True, exist_ok=True)
+    argv = host.ns.argv(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", ifup_script(host.root)]
+    )
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise RebootError(f"{host.name}: ifup -a exited {done.returncode}: {output[-2000:]}")
+    return output
+
+
+def reboot(sim: Sim, host: SimHost, *, fresh_ovsdb: bool = False) -> RebootResult:
+    """Take ``host`` down as a reboot would, then boot it with the distro's tools only."""
+    del sim  # the fleet stays as it is: the switch, the broker and the other hosts
+    _stop_agent(host)
+    for guest in host.guests.values():
+        guest.ns.remove()
+    host.guests.clear()
+    _stop_ovs(host)
+    removed = _forget(host)
+    if host.ovs is not None:
+        if fresh_ovsdb:
+            host.ovs.db_file.unlink(missing_ok=True)
+        host.ovs = OvsDaemons(host.root, host.ns).start()
+    output = boot_ifupdown(host)
+    return RebootResult(host.name, removed, output, fresh_ovsdb)
