@@ -316,29 +316,45 @@ def fd_budget(cap: int = 512) -> int:
     return max(64, min(cap, (soft - 256) // 2))
 
 
-async def tcp_all(probes: Sequence[TcpProbe], *, batch: int | None = None) -> list[bool]:
-    """TCP connects, ``batch`` at a time (default: what the open-files limit allows); a
-    failure is retried once, three times slower (a busy machine can miss a handshake: ask
-    again before calling a port closed)."""
+async def tcp_all(probes: Sequence[TcpProbe], *, limit: int | None = None) -> list[bool]:
+    """TCP connects, at most ``limit`` open at a time (default: what the open-files limit
+    allows, capped), as a sliding window: a probe that waits out its timeout (a filtered
+    port) holds one slot, not a whole batch. A failure is retried once, three times slower
+    (a busy machine can miss a handshake: ask again before calling a port closed)."""
     got: list[bool] = [False] * len(probes)
-    batch = batch or fd_budget()
+    limit = limit or fd_budget()
+    chunk = max(1, min(64, limit))  # sockets made per trip into a namespace
 
     async def run(indices: list[int], slow: float) -> None:
-        for start in range(0, len(indices), batch):
-            chunk = indices[start : start + batch]
-            by_ns: dict[str, list[int]] = {}
-            for i in chunk:
-                by_ns.setdefault(probes[i].ns.name, []).append(i)
-            jobs = []
-            for members in by_ns.values():
-                ns = probes[members[0]].ns
-                socks = await in_namespace(ns, functools.partial(_tcp_sockets, len(members)))
-                for i, s in zip(members, socks, strict=True):
-                    p = probes[i]
-                    jobs.append(_connect(s, p.address, p.port, p.timeout * slow))
-            order = [i for members in by_ns.values() for i in members]
-            for i, ok in zip(order, await asyncio.gather(*jobs), strict=True):
-                got[i] = ok
+        slots = asyncio.Semaphore(limit)
+
+        async def connect(i: int, sock: socket.socket) -> None:
+            try:
+                p = probes[i]
+                got[i] = await _connect(sock, p.address, p.port, p.timeout * slow)
+            finally:
+                slots.release()
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for start in range(0, len(indices), chunk):
+                part = indices[start : start + chunk]
+                for _ in part:
+                    await slots.acquire()
+                by_ns: dict[str, list[int]] = {}
+                for i in part:
+                    by_ns.setdefault(probes[i].ns.name, []).append(i)
+                for members in by_ns.values():
+                    ns = probes[members[0]].ns
+                    make = functools.partial(_tcp_sockets, len(members))
+                    socks = await in_namespace(ns, make)
+                    for i, sock in zip(members, socks, strict=True):
+                        tasks.append(asyncio.create_task(connect(i, sock)))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     await run(list(range(len(probes))), 1.0)
     await run([i for i, ok in enumerate(got) if not ok], 3.0)
