@@ -54,6 +54,7 @@ class RolloutRow:
     detail: str
     seconds: float  # from the publish to the final status
     applying: float | None = None  # from the publish to the host's "applying"
+    warnings: tuple[str, ...] = ()  # the final status's: insecure settings, plan warnings
 
 
 @dataclass(slots=True)

@@ -275,6 +275,7 @@ def wait_converged(
                 "detail": detail,
                 "seconds": round(at.get(h.name, timeout), 2),
                 "applying": round(applying[h.name], 2) if h.name in applying else None,
+                "warnings": tuple(str(w) for w in st.get("warnings") or ()),
             }
         )
     return rows

@@ -85,6 +85,7 @@ class Agent:
         )
         self.cache = LastKnownGood(self.host)
         self.warnings = config.warnings()
+        self.plan_warnings: list[str] = []  # what the last plan could not do (e.g. persist)
         self.status = self._status("starting")
         self.applies = 0
         self.rejections = 0
@@ -115,7 +116,7 @@ class Agent:
             host=self.config.host,
             state=state,
             applied=self.desired.versions(),
-            warnings=self.warnings,
+            warnings=[*self.warnings, *self.plan_warnings],
             **kwargs,
         )
 
@@ -246,7 +247,8 @@ class Agent:
         self.applies += 1
         options = Options(self._probes(), self.config.rollback_window, self._event)
         try:
-            _plan, outcome = await converge(spec, self.host, options)
+            plan, outcome = await converge(spec, self.host, options)
+            self.plan_warnings = plan.warnings
             if outcome.ok:
                 outcome.checks.extend(await run_checks(self.config.enabled_checks, spec, self.host))
         except BootstrapError as exc:
