@@ -2,8 +2,9 @@
 
 Order: packages first (CloudStack's repository, then the packages; never reverted), then the
 network (links, then the management address, then the distro's own network configuration
-that brings them back at boot: ``persist``), the firewall (our nftables table, or our rules
-in firewalld / ufw: see ``fwmanager``), the kernel settings (``sysctl``), files (security,
+that brings them back at boot: ``persist``), the firewall (our nftables table and the file
+and unit that load it at boot, ``fwboot``, or our rules in firewalld / ufw: see
+``fwmanager``), the kernel settings (``sysctl``), files (security,
 libvirt, time, agent.properties) and the units the packages ship. The transaction reverts
 in reverse order.
 """
@@ -42,10 +43,10 @@ def resources_for(
         from bootstrap.resources.persist import persist_resources
 
         out += persist_resources(spec.network, host)
-    if spec.firewall is not None:
-        from bootstrap.resources.fwmanager import manager_resources
+    from bootstrap.resources.fwmanager import manager_resources
 
-        out += manager_resources(spec, host, recovering=recovering)
+    # without a firewall section: only our boot file and unit, removed if ours were there
+    out += manager_resources(spec, host, recovering=recovering)
     if spec.host is not None:
         from bootstrap.resources.sysctl import SysctlResource
 

@@ -187,17 +187,19 @@ def manager_resources(
     """The firewall resources for the backend this host needs (none without ``firewall``).
 
     With a manager, our own nftables table is removed if an earlier apply made it (it is
-    ours; beside a manager it could only add a second, contradicting policy).
+    ours; beside a manager it could only add a second, contradicting policy), and so are
+    its boot file and unit (``fwboot``): a manager persists its own rules.
     """
     from bootstrap.resources.firewall import FirewallResource
     from bootstrap.resources.firewalld import FirewalldResource
+    from bootstrap.resources.fwboot import boot_resources
     from bootstrap.resources.ufw import UfwResource, desired_rules
 
     if spec.firewall is None:
-        return []
+        return boot_resources(None, host)
     backend = None if recovering else resolve(spec, host)
     if backend == "nftables":
-        return [FirewallResource(spec.firewall)]
+        return [FirewallResource(spec.firewall), *boot_resources(spec.firewall, host)]
     sources = tuple(str(s) for s in spec.firewall.sources)
     ports = manager_ports(spec)
     mgmt = spec.network.device("management") if spec.network else None
@@ -205,11 +207,14 @@ def manager_resources(
     firewalld = FirewalldResource(
         ports, sources, interface=mgmt.name if mgmt else None, bridges=forward_bridges(spec)
     )
+    unboot = boot_resources(None, host)
     if backend == "ufw":
-        return [FirewallResource(spec.firewall, remove=True), ufw]
+        return [FirewallResource(spec.firewall, remove=True), *unboot, ufw]
     if backend == "firewalld":
-        return [FirewallResource(spec.firewall, remove=True), firewalld]
-    return [FirewallResource(spec.firewall), ufw, firewalld]  # recovering: the journal picks
+        return [FirewallResource(spec.firewall, remove=True), *unboot, firewalld]
+    # recovering: the journal picks (the boot files revert from its snapshots whatever
+    # their target here)
+    return [FirewallResource(spec.firewall), *boot_resources(spec.firewall, host), ufw, firewalld]
 
 
 def resolve(spec: Spec, host: HostRoot) -> Backend | None:

@@ -4,6 +4,7 @@ back from the files ``network.persist`` wrote, and every check passes again (roo
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,11 @@ import yaml
 
 from bootstrap.converge import plan_host
 from bootstrap.host.root import HostRoot
+from bootstrap.model.ports import merge_spans
+from bootstrap.resources.fwboot import RULES_FILE, UNIT, UNIT_FILE
 from bootstrap.resources.persist import DISABLED
 from bootstrap.resources.persist_render import IFUPDOWN_FILE
+from bootstrap.resources.sysctl import CONF, parse_ports
 from simulator.checks import CheckResult
 from simulator.fleet import Sim
 from simulator.hosts import SimHost
@@ -50,6 +54,35 @@ def _agent_would_change(host: SimHost) -> list[str]:
     return [str(c) for c in plan.changes if c.resource != "route/default" or c.action != "adopt"]
 
 
+def _our_table(host: SimHost) -> list[Any] | None:
+    """``nft -j list table inet cloudstack_bootstrap`` in the host's namespace, without
+    handles and metainfo; None when there is no such table."""
+    done = host.ns.run(
+        ["nft", "-j", "list", "table", "inet", "cloudstack_bootstrap"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        assert "No such file" in done.stderr, done.stderr
+        return None
+    objs = [o for o in json.loads(done.stdout)["nftables"] if "metainfo" not in o]
+    for obj in objs:
+        for body in obj.values():
+            body.pop("handle", None)
+    return objs
+
+
+def _sysctl(host: SimHost, key: str) -> str:
+    path = "/proc/sys/" + key.replace(".", "/")
+    return str(host.ns.run(["cat", path], capture_output=True, text=True).stdout).strip()
+
+
+def _reserves_migration_ports(host: SimHost) -> bool:
+    spans = merge_spans(parse_ports(_sysctl(host, "net.ipv4.ip_local_reserved_ports")))
+    return any(a <= 49152 and b >= 49216 for a, b in spans)
+
+
 def _all_pass(fleet: Sim, *, skipped: frozenset[str] = frozenset()) -> dict[str, CheckResult]:
     results = {r.name: r for r in fleet.check()}
     assert set(results) == {"reach", "isolation", "ports", "migration", "cloudstack"}
@@ -69,9 +102,16 @@ def test_ovs_hosts_come_back_with_ifupdown_alone(sim: SimFactory, tmp_path: Path
     installer = (kvm1.root / "etc/network/interfaces").read_text()
     assert f"{DISABLED}iface eth0 inet static\n" in installer
     assert f"{DISABLED}\taddress 192.168.10.11/24\n" in installer
+    tables = {h.name: _our_table(h) for h in (kvm1, kvm2)}
+    assert all(t and any("rule" in o for o in t) for t in tables.values())
+    assert all(_reserves_migration_ports(h) for h in (kvm1, kvm2))
     # kvm1 boots on an empty OVSDB (only the files can rebuild it), kvm2 on its own
     first = reboot(fleet, kvm1, fresh_ovsdb=True)
     second = reboot(fleet, kvm2)
+    # the kernel forgot; the boot's systemd-sysctl and our unit brought both back
+    assert first.sysctl_files == (CONF,) and first.units == (UNIT,)
+    assert {h.name: _our_table(h) for h in (kvm1, kvm2)} == tables
+    assert all(_reserves_migration_ports(h) for h in (kvm1, kvm2))
     assert {"mgmt0", "cloudbr0", "cloudbr1", "cloudbr"} <= set(first.removed_links)
     assert kvm1.agent is None and kvm2.agent is None
     assert kvm1.ovs is not None
@@ -90,10 +130,18 @@ def test_ovs_hosts_come_back_with_ifupdown_alone(sim: SimFactory, tmp_path: Path
     assert "cloudbr" in second.ifup_output
     assert _agent_would_change(kvm1) == []
     _all_pass(fleet)
-    # the control: without our file, the same boot brings nothing back
+    # the control: without our files, the same boot brings nothing back
     kvm3 = fleet.hosts["kvm3"]
+    assert _our_table(kvm3) is not None
     (kvm3.root / IFUPDOWN_FILE.lstrip("/")).unlink()
-    reboot(fleet, kvm3)
+    (kvm3.root / RULES_FILE.lstrip("/")).unlink()
+    (kvm3.root / UNIT_FILE.lstrip("/")).unlink()
+    (kvm3.root / f"etc/systemd/system/sysinit.target.wants/{UNIT}").unlink()
+    (kvm3.root / CONF.lstrip("/")).unlink()
+    third = reboot(fleet, kvm3)
+    assert third.units == () and third.sysctl_files == ()
+    assert _our_table(kvm3) is None
+    assert not _reserves_migration_ports(kvm3)
     with kvm3.ns.iproute() as ipr:
         assert not ipr.link_lookup(ifname="mgmt0") or not ipr.get_addr(
             label="mgmt0", family=socket.AF_INET
@@ -110,9 +158,14 @@ def test_native_untagged_bridges_come_back_with_ifupdown_alone(
     kvm1 = fleet.hosts["kvm1"]
     installer = (kvm1.root / "etc/network/interfaces").read_text()
     assert f"{DISABLED}iface eth0 inet static\n" in installer
+    tables = {name: _our_table(h) for name, h in fleet.hosts.items()}
+    assert all(t is not None for t in tables.values())
     for host in fleet.hosts.values():
         result = reboot(fleet, host)
         assert {"cloudbr0", "cloudbr1"} <= set(result.removed_links)
+        assert result.units == (UNIT,)
+        assert _reserves_migration_ports(host)
+    assert {name: _our_table(h) for name, h in fleet.hosts.items()} == tables
     with kvm1.ns.iproute() as ipr:
         (br,) = ipr.link_lookup(ifname="cloudbr0")
         (eth0,) = ipr.link_lookup(ifname="eth0")

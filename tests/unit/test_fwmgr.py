@@ -288,6 +288,9 @@ def test_recovery_knows_every_backends_resource_without_detecting() -> None:
     names = [r.name for r in manager_resources(spec, HostRoot(Path("/x")), recovering=True)]
     assert names == [
         "nft/inet cloudstack_bootstrap",
+        "file/etc/cloudstack-bootstrap/firewall.nft.json",
+        "file/etc/systemd/system/cloudstack-bootstrap-firewall.service",
+        "link/etc/systemd/system/sysinit.target.wants/cloudstack-bootstrap-firewall.service",
         "ufw/cloudstack-bootstrap",
         "firewalld/cloudstack-bootstrap",
     ]
