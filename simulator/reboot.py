@@ -200,19 +200,23 @@ def boot_sysctl(host: SimHost) -> tuple[str, ...]:
     conf_dir = host.root / "etc/sysctl.d"
     files = sorted(conf_dir.glob("*.conf")) if conf_dir.is_dir() else []
     for path in files:
-        done = subprocess.run(
-            host.ns.argv(["sysctl", "-q", "-p", str(path)]),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=PATH_ENV,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RebootError(
-                f"{host.name}: sysctl -p {path}: {(done.stdout + done.stderr)[-2000:]}"
-            )
+        _boot_step(host, ["sysctl", "-q", "-p", str(path)], f"sysctl -p {path}", timeout=30)
     return tuple(f"/etc/sysctl.d/{p.name}" for p in files)
+
+
+def _boot_step(host: SimHost, argv: list[str], what: str, *, timeout: float) -> None:
+    """One boot-time command in the host's namespace; a failure stops the boot, with its output."""
+    done = subprocess.run(
+        host.ns.argv(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=PATH_ENV,
+        check=False,
+    )
+    if done.returncode != 0:
+        out = (done.stdout + done.stderr)[-2000:]
+        raise RebootError(f"{host.name}: {what} exited {done.returncode}: {out}")
 
 
 def exec_start(unit_text: str) -> list[list[str]]:
@@ -269,19 +273,7 @@ def boot_units(host: SimHost) -> tuple[str, ...]:
         for line in exec_start(path.read_text(errors="replace")):
             # the executable is the machine's; files it is given are the host's
             argv = [line[0], *(_host_arg(host.root, a) for a in line[1:])]
-            done = subprocess.run(
-                host.ns.argv(argv),
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=PATH_ENV,
-                check=False,
-            )
-            if done.returncode != 0:
-                out = (done.stdout + done.stderr)[-2000:]
-                raise RebootError(
-                    f"{host.name}: {name}: {shlex.join(argv)} exited {done.returncode}: {out}"
-                )
+            _boot_step(host, argv, f"{name}: {shlex.join(argv)}", timeout=60)
         ran.append(name)
     return tuple(ran)
 
