@@ -30,15 +30,12 @@ Through ``firewall-cmd`` (firewalld's own D-Bus client): it honours
 from __future__ import annotations
 
 import ipaddress
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bootstrap.engine.resource import Change, Resource
-from bootstrap.errors import ResourceError
 from bootstrap.model.ports import Span
+from bootstrap.resources.fwmanager import manager_tool
 
 __all__ = ["SERVICE", "FirewalldResource", "FirewalldState", "desired_entries", "parse_zone"]
 
@@ -137,19 +134,7 @@ def describe(current: FirewalldState, target: FirewalldState) -> list[Change]:
 
 
 def firewall_cmd(*args: str, ok: tuple[int, ...] = (0,)) -> tuple[int, str]:
-    exe = shutil.which("firewall-cmd")
-    if exe is None:
-        raise ResourceError("firewall-cmd is not installed", resource=NAME)
-    env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
-    try:
-        result = subprocess.run(
-            [exe, *args], capture_output=True, text=True, timeout=120, env=env, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ResourceError(f"firewall-cmd {' '.join(args)}: no answer", resource=NAME) from exc
-    if result.returncode not in ok:
-        words = (result.stderr or result.stdout).strip()
-        raise ResourceError(f"firewall-cmd {' '.join(args)}: {words}", resource=NAME)
+    result = manager_tool("firewall-cmd", *args, resource=NAME, ok=ok)
     return result.returncode, result.stdout
 
 

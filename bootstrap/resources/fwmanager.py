@@ -146,23 +146,33 @@ def system_bus_reachable() -> bool:
     return Path(DEFAULT_SYSTEM_BUS).exists()
 
 
-def _firewalld_running() -> bool:
-    cmd = shutil.which("firewall-cmd")
-    if cmd is None or not system_bus_reachable():
-        return False
+def manager_tool(
+    tool: str, *args: str, resource: str, ok: tuple[int, ...] | None = (0,), timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """One run of a firewall manager's own tool (``firewall-cmd``, ``ufw``), in the C locale so
+    its words can be read; a missing tool, no answer, or an exit status outside ``ok`` (None:
+    any) is a ResourceError carrying the tool's own words."""
+    exe = shutil.which(tool)
+    if exe is None:
+        raise ResourceError(f"{tool} is not installed", resource=resource)
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+    command = " ".join((tool, *args))
     try:
         result = subprocess.run(
-            [cmd, "--state"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "LANG": "C", "LC_ALL": "C"},
-            check=False,
+            [exe, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise ResourceError(
-            "firewall-cmd --state did not answer in 30 s", resource="firewalld"
-        ) from exc
+        raise ResourceError(f"{command}: no answer in {timeout:g} s", resource=resource) from exc
+    if ok is not None and result.returncode not in ok:
+        words = (result.stderr or result.stdout).strip()
+        raise ResourceError(f"{command}: {words}", resource=resource)
+    return result
+
+
+def _firewalld_running() -> bool:
+    if shutil.which("firewall-cmd") is None or not system_bus_reachable():
+        return False
+    result = manager_tool("firewall-cmd", "--state", resource="firewalld", ok=None, timeout=30)
     return result.returncode == 0 and result.stdout.strip() == "running"
 
 

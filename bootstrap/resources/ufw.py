@@ -21,16 +21,13 @@ no route rule is written.
 from __future__ import annotations
 
 import ipaddress
-import os
 import shlex
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bootstrap.engine.resource import Change, Resource
-from bootstrap.errors import ResourceError
 from bootstrap.model.ports import Span
+from bootstrap.resources.fwmanager import manager_tool
 
 __all__ = ["TAG", "UfwResource", "UfwState", "desired_rules", "parse_added"]
 
@@ -121,20 +118,7 @@ def delete_args(rule: str) -> list[str]:
 
 
 def run_ufw(*args: str) -> str:
-    exe = shutil.which("ufw")
-    if exe is None:
-        raise ResourceError("ufw is not installed", resource=NAME)
-    env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
-    try:
-        result = subprocess.run(
-            [exe, *args], capture_output=True, text=True, timeout=120, env=env, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ResourceError(f"ufw {' '.join(args)}: no answer in 120 s", resource=NAME) from exc
-    if result.returncode != 0:
-        words = (result.stderr or result.stdout).strip()
-        raise ResourceError(f"ufw {' '.join(args)}: {words}", resource=NAME)
-    return result.stdout
+    return manager_tool("ufw", *args, resource=NAME).stdout
 
 
 class UfwResource(Resource[UfwState]):
