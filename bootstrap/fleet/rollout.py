@@ -85,6 +85,10 @@ class Controller:
         self.admitted_seq: dict[str, int] = {}
         self.baseline: dict[str, list[CheckItem]] = {}
         self.state: RolloutState | None = None
+        # hosts are timed from when they were handed the version or from when this
+        # controller began watching, whichever is later: the time nobody watched (a
+        # broker outage, a dead controller) does not count against a host
+        self.watching_since = utcnow()
 
     # --- publishing ---------------------------------------------------------------------
 
@@ -237,7 +241,8 @@ class Controller:
         if reading is not None and reading.invalid is not None:
             why = f"invalid status: {printable(reading.invalid)}"
         if result is None and admitted_at is not None:
-            age = (utcnow() - parse_iso(admitted_at)).total_seconds()
+            since = max(parse_iso(admitted_at), self.watching_since)
+            age = (utcnow() - since).total_seconds()
             if age > self.opts.timeout:
                 verdict = "offline" if why == "offline" else "timed_out"
                 return verdict, f"no converged status within {self.opts.timeout:g}s ({why})"

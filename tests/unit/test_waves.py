@@ -266,3 +266,27 @@ def test_view_never_takes_membership_or_versions_from_statuses() -> None:
     assert "a" not in view.statuses
     inv = parse_inventory({"hosts": {"x": {"roles": ["kvm"]}, "y": {"roles": ["lxc"]}}})
     assert inv.role_hosts("kvm") == ["x"]
+
+
+def test_a_resumed_controller_times_hosts_from_when_it_began_watching() -> None:
+    """A host handed the version before a broker outage or a controller's death, and not
+    back yet (its will said ``offline``), gets a whole ``--timeout`` from the resume: the
+    time nobody watched does not count against it. A host the same controller timed out
+    is still judged so."""
+    from bootstrap.fleet.rollout import Controller, Options
+    from bootstrap.model.document import parse_document
+
+    view = FleetView("p")
+    offline = status_document(host="a", state="offline", applied={"roles": {"kvm": 1}})
+    view.feed("p/hosts/a/status", json.dumps(offline).encode())
+    doc = parse_document(
+        {"apiVersion": "cloudstack-bootstrap/v1", "kind": "Role", "name": "kvm", "version": 2}
+    )
+    opts = Options("kvm", doc, parse_waves("1,100%"), timeout=15.0)
+    controller = Controller(None, view, opts, say=lambda _line: None)  # type: ignore[arg-type]
+    admitted = iso(utcnow() - timedelta(seconds=45))  # handed v2 45 s ago, then the outage
+    controller.state = _rollout("c", 0).model_copy(update={"admitted": {"a": admitted}})
+    assert controller.outcome("a", 2) == (None, "offline")  # resumed just now: waiting
+    controller.watching_since = utcnow() - timedelta(seconds=16)  # watched it 16 s
+    result, why = controller.outcome("a", 2)
+    assert result == "offline" and "within 15s" in why
