@@ -61,6 +61,7 @@ WARM_MODULES = (
 )
 """What the first apply would import; loaded while the agent waits for its documents."""
 SETTLE_MAX = 10.0  # a burst of accepted documents holds the apply at most this long
+STOP_REPORT = 5.0  # a stop waits this long at most for the broker to take our ``offline``
 
 
 class Agent:
@@ -547,7 +548,11 @@ class Agent:
         sd_notify("STOPPING=1")
         await self._cancel("converge", "drift")
         async with self._lock:
-            await self._report("offline")
+            try:
+                async with asyncio.timeout(STOP_REPORT):
+                    await self._report("offline")
+            except TimeoutError:  # a frozen broker: the will says it when the socket closes
+                log.warning("the broker did not take our offline status within %gs", STOP_REPORT)
 
     async def run(self) -> int:
         """0 when the host ends converged (``once``) or on a clean stop; 1 otherwise."""

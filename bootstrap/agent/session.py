@@ -39,6 +39,9 @@ WillFactory = Callable[[], bytes]
 UNSUPPORTED_PROTOCOL = (1, 132)  # MQTT 3.1.1 CONNACK rc / MQTT 5 reason code
 NOT_AUTHORIZED = (4, 5, 134, 135)  # bad credentials / not authorised: no fallback helps
 PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
+DISCONNECT_WAIT = 5.0
+"""How long a graceful disconnect may wait for paho to send DISCONNECT and close; a broker
+that froze or a socket paho lost track of would otherwise hold a stop forever."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,24 @@ class _Client(aiomqtt.Client):
         finally:
             self._connecting = False
         return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        """aiomqtt's graceful disconnect, bounded: it waits for paho's disconnect callback
+        without a limit, and that callback never comes when the DISCONNECT cannot be
+        written (a frozen broker with a full window, a write registration paho believes
+        pending). After :data:`DISCONNECT_WAIT` the socket is closed instead: the broker
+        sees a lost connection (our will, which is what happened), and we go on."""
+        try:
+            async with asyncio.timeout(DISCONNECT_WAIT):
+                await super().__aexit__(*exc)
+        except TimeoutError:
+            log.warning("no clean disconnect within %gs: closing the connection", DISCONNECT_WAIT)
+            with contextlib.suppress(Exception):
+                self._client._sock_close()  # paho: unregisters reader and writer, closes
+            if not self._disconnected.done():
+                self._disconnected.set_result(None)
+            if self._lock.locked():
+                self._lock.release()
 
     def _fail_connect(self, connected: asyncio.Future[Any]) -> None:
         if self._connecting and not connected.done():
