@@ -174,6 +174,22 @@ class OvsDaemons:
         out: str = done.stdout
         return out
 
+    def ofctl(self, command: str, bridge: str, *args: str, stdin: str | None = None) -> str:
+        """``ovs-ofctl COMMAND`` on one of this vswitchd's bridges (its management socket)."""
+        done = subprocess.run(
+            ["ovs-ofctl", command, f"unix:{self.rundir / bridge}.mgmt", *args],
+            input=stdin,
+            check=False,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=self.timeout,
+        )
+        if done.returncode != 0:
+            raise OvsError(f"ovs-ofctl {command} {bridge}: {done.stderr.strip()}")
+        out: str = done.stdout
+        return out
+
     def appctl(self, daemon: Literal["ovsdb-server", "ovs-vswitchd"], *args: str) -> str:
         done = subprocess.run(
             ["ovs-appctl", "-t", str(self.ctl(daemon)), *args],

@@ -48,15 +48,14 @@ from bootstrap.errors import BootstrapError, InternalError, InvalidDocument, cli
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import Document, effective_spec
 from bootstrap.model.spec import Spec
+from bootstrap.resources import MODULES as RESOURCE_MODULES
 
 log = logging.getLogger(__name__)
 ROLES_WAIT = 10  # debounces a burst may wait for the roles' documents (see _roles_arrive)
 
 WARM_MODULES = (
-    "bootstrap.resources.address",  # pyroute2
-    "bootstrap.resources.native",
-    "bootstrap.resources.firewall",  # libnftables
-    "bootstrap.resources.files",
+    *(m for m in RESOURCE_MODULES if m != "bootstrap.resources.openvswitch"),
+    "nftables",  # libnftables' binding, which the firewall resource imports when it runs
     "bootstrap.host.cloudstack",
 )
 """What the first apply would import; loaded while the agent waits for its documents."""

@@ -17,6 +17,23 @@ from bootstrap.engine.resource import Resource
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec
 
+MODULES = (
+    "bootstrap.resources.packages",
+    "bootstrap.resources.native",
+    "bootstrap.resources.openvswitch",
+    "bootstrap.resources.persist",
+    "bootstrap.resources.fwmanager",
+    "bootstrap.resources.firewall",
+    "bootstrap.resources.firewalld",
+    "bootstrap.resources.fwboot",
+    "bootstrap.resources.ufw",
+    "bootstrap.resources.sysctl",
+    "bootstrap.resources.files",
+    "bootstrap.resources.address",
+)
+"""Every module :func:`resources_for` and the resources it makes import on the way (the
+agent imports them once READY, so that its first apply does not)."""
+
 
 def resources_for(
     spec: Spec, host: HostRoot, *, installs: bool = True, recovering: bool = False

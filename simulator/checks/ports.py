@@ -49,6 +49,10 @@ def _ports(fw: Firewall | None) -> list[int]:
     return [*port_list(fw), OUTSIDE_PORT]
 
 
+def _expected_closed(fw: Firewall | None, port: int) -> bool:
+    return fw is not None and fw.policy == "drop" and port == OUTSIDE_PORT
+
+
 def _compact(ports: list[int]) -> str:
     out: list[str] = []
     for p in sorted(ports):
@@ -84,7 +88,13 @@ async def check_ports(sim: Sim) -> CheckResult:
             proc.stdout.readline()  # "ready"
         pairs = [(a, b) for a, b in sim.layout.peers() if fws[b.name] is not None]
         probes = [
-            TcpProbe(sim.hosts[a.name].ns, str(b.mgmt.ip), port, CONNECT_TIMEOUT)
+            TcpProbe(
+                sim.hosts[a.name].ns,
+                str(b.mgmt.ip),
+                port,
+                CONNECT_TIMEOUT,
+                retry=not _expected_closed(fws[b.name], port),
+            )
             for a, b in pairs
             for port in _ports(fws[b.name])
         ]

@@ -93,6 +93,7 @@ class TcpProbe:
     address: str
     port: int
     timeout: float
+    retry: bool = True  # False for a port expected closed: its timeout is the answer
 
 
 def _checksum(data: bytes) -> int:
@@ -298,6 +299,10 @@ async def _connect(sock: socket.socket, address: str, port: int, timeout: float)
         await asyncio.wait_for(loop.sock_connect(sock, (address, port)), timeout)
     except (OSError, TimeoutError):
         return False
+    else:
+        # the handshake is the answer: close with a RST (SO_LINGER 0), not a FIN exchange
+        # that costs the userspace datapaths four more frames per probe
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     finally:
         sock.close()
     return True
@@ -357,5 +362,5 @@ async def tcp_all(probes: Sequence[TcpProbe], *, limit: int | None = None) -> li
             await asyncio.gather(*tasks, return_exceptions=True)
 
     await run(list(range(len(probes))), 1.0)
-    await run([i for i, ok in enumerate(got) if not ok], 3.0)
+    await run([i for i, ok in enumerate(got) if not ok and probes[i].retry], 3.0)
     return got

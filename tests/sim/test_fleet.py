@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from simulator.checks import CheckResult
+from simulator.fabric import SWITCH_BRIDGE
 from simulator.fleet import STATE_DIR, Sim
-from simulator.namespaces import ours
+from simulator.namespaces import Namespace, ours
 from simulator.pytest_plugin import SimFactory
 
 pytestmark = [
@@ -57,6 +58,7 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
     # persisted, and the agent's status carries it to the operator
     for row in fleet.rollout_rows:
         assert any(w.startswith("spec.network.persist:") for w in row.warnings), row
+    _switch_answered_arp(fleet)
     results = _by_name(fleet.check())
     assert set(results) == {"reach", "isolation", "ports", "migration", "cloudstack"}
     for result in results.values():
@@ -72,6 +74,38 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
         (mgmt0,) = ipr.link_lookup(ifname="mgmt0")
         addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=mgmt0)]
     assert "192.168.42.11" in addrs
+
+
+def _mac(ns: Namespace, ifname: str) -> str:
+    with ns.iproute() as ipr:
+        (idx,) = ipr.link_lookup(ifname=ifname)
+        return str(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS"))
+
+
+def _switch_answered_arp(fleet: Sim) -> None:
+    """After the rollout (each host asked for its gateway and its broker on mgmt0, VLAN
+    100), before any check: the switch answered those requests itself (its ARP
+    responder's flows counted them), with the broker's true MAC, and no request flooded
+    the other hosts: no host's bridge learnt another host's management MAC."""
+    assert fleet.fabric is not None and fleet.fabric.ovs is not None
+    flows = fleet.fabric.ovs.ofctl("dump-flows", SWITCH_BRIDGE, "arp,dl_vlan=100")
+    for address in ("192.168.42.1", "192.168.42.2"):
+        (flow,) = [f for f in flows.splitlines() if f"arp_tpa={address}" in f]
+        assert int(flow.split("n_packets=")[1].split(",")[0]) > 0, flow
+    assert fleet.broker_ns is not None
+    broker_mac = _mac(fleet.broker_ns, "v100")
+    macs = {name: _mac(host.ns, "mgmt0") for name, host in fleet.hosts.items()}
+    for name, host in fleet.hosts.items():
+        with host.ns.iproute() as ipr:
+            (mgmt0,) = ipr.link_lookup(ifname="mgmt0")
+            found = {
+                str(n.get_attr("NDA_DST")): str(n.get_attr("NDA_LLADDR"))
+                for n in ipr.get_neighbours(ifindex=mgmt0)
+            }
+        assert found.get("192.168.42.2") == broker_mac, (name, found)
+        assert host.ovs is not None
+        fdb = host.ovs.appctl("ovs-vswitchd", "fdb/show", "cloudbr")
+        assert not [n for n, mac in macs.items() if n != name and mac in fdb], (name, fdb)
 
 
 def _passes_every_check(fleet: Sim, *, skipped: set[str] = frozenset()) -> dict[str, CheckResult]:
