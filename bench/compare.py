@@ -95,17 +95,33 @@ def machine() -> str:
     )
 
 
+def outcome(ours: dict[str, Any]) -> str:
+    """Each check's verdict with its first failing rows; the rollout's failures when not
+    every host converged (and the checks then did not run)."""
+    parts = []
+    for name, c in ours["checks"].items():
+        text = f"{name} {'ok' if c['ok'] else 'FAIL'} ({c['rows']} rows)"
+        if not c["ok"] and c.get("failed"):
+            text += ": " + "; ".join(f"`{row}`" for row in c["failed"][:3])
+        parts.append(text)
+    if ours["converged"] < ours["hosts"]:
+        failed = "; ".join(
+            f"`{why}` ({n} host{'s' if n != 1 else ''})" for why, n in ours.get("failed") or []
+        )
+        parts.append(f"rollout failures: {failed or '?'}; checks not run")
+    return ", ".join(parts)
+
+
 def markdown(rows: list[dict[str, Any]], when: str) -> str:
     load = rows[0].get("load") if rows else None
     busy = f" (load average {load} at the start)" if load else ""
     out = [f"Measured {when} on {machine()}{busy}.", ""]
     for r in rows:
         ours, mn = r["ours"], r["mininet"]
+        checked = bool(ours["checks"])
         ratio = ours["seconds"]["total"] / mn["seconds"] if mn["seconds"] else float("nan")
-        checks = ", ".join(
-            f"{k} {'ok' if c['ok'] else 'FAIL'} ({c['rows']} rows)"
-            for k, c in ours["checks"].items()
-        )
+        shown_ratio = f"**{ratio:.2f}**" if checked else "— (no checks ran: not comparable)"
+        checks = outcome(ours)
         out += [
             f"### {r['hosts']} hosts",
             "",
@@ -122,7 +138,7 @@ def markdown(rows: list[dict[str, Any]], when: str) -> str:
                 if (plain := r.get("mininet_plain"))
                 else []
             ),
-            f"| **ratio ours / Mininet** | **{ratio:.2f}** |",
+            f"| **ratio ours / Mininet** | {shown_ratio} |",
             "",
             f"Ours: {ours['converged']}/{ours['hosts']} converged; {checks}. Mininet's own "
             f"`completed in`: {mn['completed_in']} s.",
