@@ -19,7 +19,8 @@ Every function returns ``{host path: bytes}``; nothing here reads the host.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import yaml
 
@@ -49,6 +50,21 @@ NM_DIR = "/etc/NetworkManager/system-connections"
 NM_PREFIX = "cloudstack-"
 _UUID_NS = uuid.UUID("6f1c2f64-3a53-4c55-9a5e-4f6b1a0c5b11")
 _MARK_KEY, _MARK_VALUE = next(iter(MARK.items()))
+
+
+T = TypeVar("T")
+
+
+def _for_backend(
+    network: Network,
+    ovs: Callable[[Network, OvsBridge], T],
+    native: Callable[[Network, Layout], T],
+) -> T:
+    """The backend's renderer, handed what it renders: the Open vSwitch bridge as the OVS
+    resource makes it, or the native links' layout."""
+    if network.backend == "openvswitch":
+        return ovs(network, desired_bridge(network))
+    return native(network, layout(network))
 
 
 def interface_names(network: Network) -> frozenset[str]:
@@ -216,11 +232,7 @@ def _ifupdown_ovs(network: Network, br: OvsBridge) -> list[str]:
 
 
 def render_ifupdown(network: Network) -> dict[str, bytes]:
-    body = (
-        _ifupdown_ovs(network, desired_bridge(network))
-        if network.backend == "openvswitch"
-        else _ifupdown_native(network, layout(network))
-    )
+    body = _for_backend(network, _ifupdown_ovs, _ifupdown_native)
     text = "\n".join([HEADER, "", *body])
     return {IFUPDOWN_FILE: text.encode()}
 
@@ -345,11 +357,7 @@ def _netplan_ovs(network: Network, br: OvsBridge) -> dict[str, object]:
 
 
 def render_netplan(network: Network) -> dict[str, bytes]:
-    doc = (
-        _netplan_ovs(network, desired_bridge(network))
-        if network.backend == "openvswitch"
-        else _netplan_native(network, layout(network))
-    )
+    doc = _for_backend(network, _netplan_ovs, _netplan_native)
     text = HEADER + "\n" + yaml.safe_dump({"network": doc}, sort_keys=False, indent=2)
     return {NETPLAN_FILE: text.encode()}
 
@@ -505,11 +513,7 @@ def _nm_ovs(network: Network, br: OvsBridge) -> dict[str, dict[str, dict[str, st
 
 
 def render_nm(network: Network) -> dict[str, bytes]:
-    conns = (
-        _nm_ovs(network, desired_bridge(network))
-        if network.backend == "openvswitch"
-        else _nm_native(network, layout(network))
-    )
+    conns = _for_backend(network, _nm_ovs, _nm_native)
     return {
         f"{NM_DIR}/{NM_PREFIX}{name}.nmconnection": _keyfile(sections)
         for name, sections in conns.items()

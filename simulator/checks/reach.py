@@ -88,7 +88,7 @@ class _Ping:
     group: str
     source: str = ""  # the source address, when the ping's neighbour entries are forgotten
     peer: Namespace | None = None  # the namespace holding ``address``
-    arp: bool = True  # resolved by ARP; else over neighbour entries installed for the check
+    arp: bool = True  # first round, by ARP; else the second (over entries installed for it)
 
 
 def _addresses(ns: Namespace) -> dict[str, tuple[int, str]]:

@@ -18,14 +18,9 @@ from simulator.fabric import SWITCH_BRIDGE
 from simulator.fleet import STATE_DIR, Sim
 from simulator.namespaces import Namespace, ours
 from simulator.pytest_plugin import SimFactory
+from tests.sim.marks import FLEET
 
-pytestmark = [
-    pytest.mark.sim,
-    pytest.mark.root,
-    pytest.mark.ovs,
-    pytest.mark.mqtt,
-    pytest.mark.netns,
-]
+pytestmark = FLEET
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 

@@ -29,14 +29,9 @@ from simulator.fleet import Sim
 from simulator.hosts import PREFIX, SimHost
 from simulator.pytest_plugin import SimFactory
 from simulator.rollout import ADMIN
+from tests.sim.marks import FLEET
 
-pytestmark = [
-    pytest.mark.sim,
-    pytest.mark.root,
-    pytest.mark.ovs,
-    pytest.mark.mqtt,
-    pytest.mark.netns,
-]
+pytestmark = FLEET
 
 HOSTS = [f"kvm{i:02d}" for i in range(1, 21)]
 LIBVIRTD = Path("etc/libvirt/libvirtd.conf")

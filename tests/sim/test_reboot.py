@@ -24,15 +24,9 @@ from simulator.fleet import Sim
 from simulator.hosts import SimHost
 from simulator.pytest_plugin import SimFactory
 from simulator.reboot import reboot
+from tests.sim.marks import FLEET
 
-pytestmark = [
-    pytest.mark.sim,
-    pytest.mark.root,
-    pytest.mark.ovs,
-    pytest.mark.mqtt,
-    pytest.mark.netns,
-    pytest.mark.qemu,
-]
+pytestmark = [*FLEET, pytest.mark.qemu]
 REPO = Path(__file__).resolve().parents[2]
 
 
