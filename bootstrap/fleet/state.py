@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bootstrap.model.document import API_VERSION
 from bootstrap.wire.text import printable
@@ -76,6 +76,16 @@ class RolloutState(BaseModel):
     heartbeat: str
     heartbeat_interval: float
     started: str
+
+    @field_validator("admitted")
+    @classmethod
+    def _admitted_times(cls, admitted: dict[str, str]) -> dict[str, str]:
+        """Each host's admission time is what its timeout counts from: a state whose
+        time does not parse is not a rollout to resume (a resumed controller would fail
+        on it at its first judgement)."""
+        for when in admitted.values():
+            parse_iso(when)
+        return admitted
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -290,3 +290,15 @@ def test_a_resumed_controller_times_hosts_from_when_it_began_watching() -> None:
     controller.watching_since = utcnow() - timedelta(seconds=16)  # watched it 16 s
     result, why = controller.outcome("a", 2)
     assert result == "offline" and "within 15s" in why
+
+
+def test_a_rollout_state_whose_admission_time_does_not_parse_is_not_resumed() -> None:
+    """From the wire: a retained rollout state naming a host admitted "yesterday" is
+    ignored at intake (a resumed controller judging the host would fail on it)."""
+    state = _rollout("c", 0).model_dump(by_alias=True)
+    view = FleetView("p")
+    for admitted in ({"a": "yesterday"}, {"a": "2026-12-03T10:00:00"}, {"a": "9" * 5000}):
+        view.feed("p/rollouts/kvm", json.dumps({**state, "admitted": admitted}).encode())
+        assert "kvm" not in view.rollouts, admitted
+    view.feed("p/rollouts/kvm", json.dumps({**state, "admitted": {"a": iso(utcnow())}}).encode())
+    assert view.rollouts["kvm"].admitted.keys() == {"a"}
