@@ -116,9 +116,19 @@ class Agent:
             host=self.config.host,
             state=state,
             applied=self.desired.versions(),
-            warnings=[*self.warnings, *self.plan_warnings],
+            warnings=[*self.warnings, *self.plan_warnings, *self._waiting()],
             **kwargs,
         )
+
+    def _waiting(self) -> list[str]:
+        """What an accepted burst waits for: the roles the host lists that have no document."""
+        if not self.desired.pending:
+            return []
+        return [
+            f"waiting for {key}: the host lists it and no document for it has arrived; "
+            "nothing is applied until it does"
+            for key in self.desired.roles_missing()
+        ]
 
     async def _report(self, state: State, **kwargs: Any) -> None:
         self.status = self._status(state, **kwargs)
@@ -335,14 +345,28 @@ class Agent:
         await self._roles_arrive()
         # what was refused before this apply is reported before it, never after its outcome
         await self._report_rejections(now_=True)
+        if self.desired.roles_missing():
+            # never the overlay without its roles: the burst stays pending, ``_fresh`` stays
+            # set, and the role's document, when it comes, brings the loop back here
+            async with self._lock:
+                await self._report(self.status["state"], **self._kept())
+            return None
         return await self._apply_pending()
 
+    def _kept(self) -> dict[str, Any]:
+        """The last status's outcome fields, for a status that changes nothing on the host."""
+        st = self.status
+        kept: dict[str, Any] = {"error": st.get("error")}
+        for name, kind in (("changes", Change), ("drift", Change), ("checks", Check)):
+            if st.get(name) is not None:
+                kept[name] = [kind(**item) for item in st[name]]
+        return kept
+
     async def _roles_arrive(self) -> None:
-        """A first burst that brought the host overlay before every role's document: wait
-        up to ``ROLES_WAIT`` debounces more for the roles. The broker sends retained
-        documents one by one, and on a loaded machine they can come further apart than one
-        debounce; converging on the overlay alone would fail (and a failed version is not
-        retried). Once the roles are there, or the wait is over, the burst is applied."""
+        """A burst that brought the host overlay before every role's document: wait up to
+        ``ROLES_WAIT`` debounces more for the roles before saying so. The broker sends
+        retained documents one by one, and on a loaded machine they can come further apart
+        than one debounce (a status per debounce would be noise)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ROLES_WAIT * self.config.debounce
         while self.desired.roles_missing() and (left := deadline - loop.time()) > 0:
@@ -385,9 +409,11 @@ class Agent:
                     if self.rejections != rejections:
                         return False
         except TimeoutError:
+            missing = self.desired.roles_missing() if self.desired.pending else []
+            what = f"no document for {', '.join(missing)}" if missing else "no desired state"
             error = {
                 "code": "timeout",
-                "message": f"no desired state within {self.wait:g}s",
+                "message": f"{what} within {self.wait:g}s",
                 "resource": "broker",
             }
             async with self._lock:

@@ -77,6 +77,38 @@ def test_role_document_converges_and_replay_changes_nothing(
     assert agent.proc.poll() is None, agent.output()
 
 
+def test_overlay_is_never_applied_without_the_roles_the_host_lists(
+    tmp_path: Path,
+    broker: Mosquitto,
+    client: Client,
+    root: Path,
+    agents: Callable[..., AgentProcess],
+) -> None:
+    """The host overlay first, its role long after (a broker handing a fleet its retained
+    documents): the agent says what it waits for and applies nothing until the role comes.
+    The overlay alone is valid here, so applying it would "converge" a host without its role."""
+    agent = agents(write_config(tmp_path / "agent.toml", [broker.url], root))
+    with client.recording(EVENTS) as events:
+        client.publish(HOST_TOPIC, host_doc(1, hypervisor="lxc"))
+        waiting = client.wait_status(
+            lambda s: any(w.startswith("waiting for roles/kvm") for w in s.get("warnings") or ())
+        )
+        assert waiting["state"] == "starting", waiting
+        assert waiting["applied"] == {"roles": {}, "host": None}
+        received = [e for e in events() if e["event"] == "received"]
+        assert [e["document"] for e in received] == ["hosts/" + HOST]
+        assert not [e for e in events() if e["event"] == "applying"]
+    assert not (root / PROPS).exists()
+
+    client.publish(ROLE_TOPIC, role_doc(2, hypervisor="kvm", cpu={"mode": "host-model"}))
+    status = client.wait_status(lambda s: s["state"] == "converged")
+    assert status["applied"] == {"roles": {"kvm": 2}, "host": 1}
+    assert not [w for w in status.get("warnings") or () if w.startswith("waiting")], status
+    props = (root / PROPS).read_text()
+    assert "hypervisor.type=lxc" in props and "guest.cpu.mode=host-model" in props
+    assert agent.proc.poll() is None, agent.output()
+
+
 def test_sigkill_leaves_offline_will_and_cache_reapplies_without_broker(
     tmp_path: Path,
     broker: Mosquitto,
