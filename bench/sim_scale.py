@@ -68,6 +68,8 @@ def cpu_by_part(fleet: Sim) -> dict[str, float]:
     if fleet.broker is not None and fleet.broker.mosquitto is not None:
         proc = fleet.broker.mosquitto.process
         parts["broker"] = _cpu(proc.pid) if proc is not None else 0.0
+    if fleet.zygote is not None:  # the agents' shared imports (simulator/zygote.py)
+        parts["agents"] += _cpu(fleet.zygote.proc.pid)
     parts["simulator"] = _cpu(os.getpid())
     return parts
 

@@ -33,6 +33,7 @@ from simulator.hosts import SimHost
 from simulator.namespaces import Namespace, new_run_id, remove_run
 from simulator.nets import Layout, Net, load_net
 from simulator.rollout import BrokerHandle, start_broker, wait_connected, wait_converged
+from simulator.zygote import Zygote
 
 __all__ = ["STATE_DIR", "RolloutRow", "Sim", "SimError", "down_run", "list_runs"]
 
@@ -72,6 +73,7 @@ class Sim:
     namespaces: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     rollout_rows: list[RolloutRow] = field(default_factory=list)
+    zygote: Zygote | None = None
 
     # -- state file -------------------------------------------------------------------
 
@@ -140,6 +142,8 @@ class Sim:
         self.switch_ns = self._ns("switch")
         self.fabric = Fabric.build(self.switch_ns, self.workdir / "switch", self.net.switch)
         self.broker_ns = self._ns("broker")
+        # the agents' warm interpreter imports while the rest comes up (simulator/zygote.py)
+        self.zygote = Zygote.start(self.broker_ns.argv([]))
         for vlan, addresses in self.layout.routers():  # the broker's namespace routes too
             self.fabric.add_access(self.broker_ns, f"v{vlan}", f"r{vlan}", vlan, addresses)
         self.broker_ns.sysctl("net.ipv4.ip_forward", "1")
@@ -191,6 +195,7 @@ class Sim:
                 mgmt_vlan=self.layout.mgmt_vlan,
                 cable=False,
             )
+            host.zygote = self.zygote
             host.start_agent(self.broker.url, self.broker.passwords[layout.name])
         except Exception as exc:
             raise SimError(f"host {layout.name}: {exc}") from exc
@@ -292,6 +297,9 @@ class Sim:
         for agent in agents:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.wait(max(0.0, deadline - time.monotonic()))
+        if self.zygote is not None:
+            with contextlib.suppress(Exception):
+                self.zygote.close()
         removed = down_run(self.run_id)
         for host in self.hosts.values():
             with contextlib.suppress(Exception):

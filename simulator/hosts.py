@@ -23,6 +23,7 @@ from simulator.fabric import Fabric, no_offload
 from simulator.namespaces import Namespace, veth_pair
 from simulator.nets import HostLayout
 from simulator.ovs import OvsDaemons
+from simulator.zygote import Forked, Zygote
 
 __all__ = ["SEED_OVS_VSCTL", "Guest", "SimHost", "agent_toml", "build_seed_ovs"]
 
@@ -85,7 +86,8 @@ class SimHost:
     ns: Namespace
     root: Path
     ovs: OvsDaemons | None = None
-    agent: subprocess.Popen[bytes] | None = None
+    agent: subprocess.Popen[bytes] | Forked | None = None
+    zygote: Zygote | None = None  # the run's warm interpreter, when the agent is forked
     guests: dict[int, Guest] = field(default_factory=dict)
 
     @property
@@ -191,9 +193,13 @@ class SimHost:
         log = self.root / "var/log/csboot-agent.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         csboot = str(Path(sys.executable).with_name("csboot"))
+        argv = [csboot, "agent", "-c", str(conf)]
+        if self.zygote is not None:
+            self.agent = self.zygote.spawn(self.ns.path, argv, self.env(), log)
+            return
         with log.open("ab") as out:
             self.agent = self.ns.popen(
-                [csboot, "agent", "-c", str(conf)],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
