@@ -20,6 +20,7 @@ from bootstrap.host.root import HostRoot
 from bootstrap.model.document import validate_spec
 from bootstrap.model.spec import Spec
 from bootstrap.resources import resources_for
+from bootstrap.resources.firewall import nft_session
 from bootstrap.resources.fwmanager import resolve as resolve_firewall
 from bootstrap.resources.packages import install_resources
 
@@ -74,6 +75,11 @@ async def converge(
     files) must be on disk before the rest is planned, or the plan would edit files that
     do not exist yet. A rollback of the rest leaves them, and the outcome says so.
     """
+    with nft_session():  # one libnftables context for the transaction's calls
+        return await _converge(spec, host, options)
+
+
+async def _converge(spec: Spec, host: HostRoot, options: Options) -> tuple[Plan, Outcome]:
     await recover_host(host)
     # a firewall backend this host cannot honour (our table beside an active firewalld or
     # ufw) refuses the whole transaction before anything, packages included, is applied

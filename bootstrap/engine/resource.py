@@ -9,6 +9,7 @@ snapshot taken before the change, so the revert is computed from data, not hand-
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -86,8 +87,15 @@ class Resource(ABC, Generic[S]):
         await self.apply(await self.observe(), snapshot)
 
     def dump(self, state: S) -> Any:
-        return TypeAdapter(self.state_type).dump_python(state, mode="json")
+        return _adapter(self.state_type).dump_python(state, mode="json")
 
     def load(self, data: Any) -> S:
-        loaded: S = TypeAdapter(self.state_type).validate_python(data)
+        loaded: S = _adapter(self.state_type).validate_python(data)
         return loaded
+
+
+@functools.cache
+def _adapter(state_type: Any) -> TypeAdapter[Any]:
+    """One adapter per state type: building one compiles its schema (a millisecond each,
+    for every resource of every apply)."""
+    return TypeAdapter(state_type)
