@@ -211,14 +211,16 @@ def remove_run(run_id: str) -> list[str]:
 
 
 def veth_pair(a: Namespace, a_name: str, b: Namespace, b_name: str, *, mtu: int = 1500) -> None:
-    """A veth from ``a`` (named ``a_name``) to ``b`` (``b_name``), both up."""
-    tmp = f"v{secrets.token_hex(4)}"
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=tmp, kind="veth", peer={"ifname": f"{tmp}p", "net_ns_fd": b.name})
-        (idx,) = ipr.link_lookup(ifname=tmp)
-        ipr.link("set", index=idx, net_ns_fd=a.name)
-    for ns, old, new in ((a, tmp, a_name), (b, f"{tmp}p", b_name)):
-        with ns.iproute() as ipr:
-            (idx,) = ipr.link_lookup(ifname=old)
-            ipr.link("set", index=idx, ifname=new, mtu=mtu)
-            ipr.link("set", index=idx, state="up")
+    """A veth from ``a`` (named ``a_name``) to ``b`` (``b_name``), both up.
+
+    Made from inside ``a``, its peer placed in ``b`` by the same request: each end is born
+    in its namespace with its name, never moved (moving a link waits on the kernel: made
+    here under a temporary name, then moved twice and renamed, a pair took 26 ms; 3 ms)."""
+    with a.iproute() as ipr:
+        peer = {"ifname": b_name, "net_ns_fd": b.name}
+        ipr.link("add", ifname=a_name, kind="veth", mtu=mtu, peer=peer)
+        (idx,) = ipr.link_lookup(ifname=a_name)
+        ipr.link("set", index=idx, state="up")
+    with b.iproute() as ipr:
+        (idx,) = ipr.link_lookup(ifname=b_name)
+        ipr.link("set", index=idx, state="up", mtu=mtu)
