@@ -20,9 +20,17 @@ from simulator.namespaces import Namespace, veth_pair
 from simulator.nets import NicPort, Switch, SwitchBond
 from simulator.ovs import OvsDaemons
 
-__all__ = ["SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
+__all__ = ["BINDINGS_TABLE", "SWITCH_BRIDGE", "Fabric", "in_netns", "no_offload"]
 
 SWITCH_BRIDGE = "tor"
+BINDINGS_TABLE = 10  # the switch's learnt ARP bindings (see Fabric._snoop_arp)
+# Learn, from an ARP packet tagged on a trunk, "on this VLAN, SPA is at SHA": a flow in
+# BINDINGS_TABLE that turns a later *request* for SPA on that VLAN into a unicast to SHA.
+LEARN_BINDING = (
+    f"learn(table={BINDINGS_TABLE},idle_timeout=300,priority=100,dl_type=0x0806,arp_op=1,"
+    "NXM_OF_VLAN_TCI[0..11],NXM_OF_ARP_TPA[]=NXM_OF_ARP_SPA[],"
+    "load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[])"
+)
 _DEFER_LOCK = threading.Lock()
 
 
@@ -90,12 +98,40 @@ class Fabric:
                 "mcast_snooping_enable=true",
                 "other_config:mcast-snooping-disable-flood-unregistered=true",
             )
+            fabric._snoop_arp()
         else:
             with ns.iproute() as ipr:
                 ipr.link("add", ifname=SWITCH_BRIDGE, kind="bridge", br_stp_state=0)
                 (idx,) = ipr.link_lookup(ifname=SWITCH_BRIDGE)
                 ipr.link("set", index=idx, state="up")
         return fabric
+
+    def _snoop_arp(self) -> None:
+        """ARP snooping, as an EVPN fabric's ARP suppression learns its bindings: every ARP
+        tagged on a host's trunk teaches the switch where its sender is (VLAN, IP -> MAC);
+        a later request on that VLAN for a known IP goes to its owner alone, as a unicast
+        (the owner answers it, as it would the broadcast), instead of to every host of the
+        VLAN. Forwarding stays the switch's own (``NORMAL``: VLANs, trunks, MAC learning);
+        only the destination MAC of a request changes. Unknown IPs, untagged (native VLAN)
+        and access-port ARP flood as before. At 100 hosts the reach check's ARP requests,
+        each flooded to 99 hosts, were 180,000 frames through the hosts' userspace
+        datapaths; hosts announce themselves first (a gratuitous ARP reply, which this
+        does not redirect: only requests are), so the switch knows every binding."""
+        assert self.ovs is not None
+        flow = f"priority=90,arp,vlan_tci=0x1000/0x1000,actions={LEARN_BINDING},"
+        flow += f"resubmit(,{BINDINGS_TABLE}),NORMAL"
+        self.ovs.ofctl("add-flow", SWITCH_BRIDGE, flow)
+
+    def arp_bindings(self) -> set[str]:
+        """The IPv4 addresses the switch has learnt a binding for (none without OVS)."""
+        if self.ovs is None:
+            return set()
+        out = self.ovs.ofctl("dump-flows", SWITCH_BRIDGE, f"table={BINDINGS_TABLE}")
+        return {
+            line.split("arp_tpa=")[1].split(",")[0].split()[0]
+            for line in out.splitlines()
+            if "arp_tpa=" in line
+        }
 
     def defer(self) -> None:
         """Queue OVS ports from now on; ``commit`` adds them in one transaction (one
@@ -210,6 +246,7 @@ class Fabric:
             f"priority=100,arp,arp_op=1,dl_vlan={vlan},arp_tpa={a.ip},actions="
             + ",".join(
                 (
+                    LEARN_BINDING,  # the asker's binding, as every tagged ARP teaches
                     "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
                     f"mod_dl_src:{mac}",
                     "load:0x2->NXM_OF_ARP_OP[]",

@@ -43,6 +43,7 @@ __all__ = [
     "IcmpProbe",
     "Neighbour",
     "TcpProbe",
+    "announce",
     "in_namespace",
     "ping_all",
     "set_neighbours",
@@ -222,6 +223,36 @@ class _Neighbours:
         loop = asyncio.get_running_loop()
         for sock in self.socks.values():
             loop.remove_reader(sock.fileno())
+            sock.close()
+
+
+def _garp(mac: str, address: str) -> bytes:
+    """A gratuitous ARP *reply* (``arping -A``): "``address`` is at ``mac``", broadcast.
+    Receivers refresh an entry they hold and make none (``arp_accept`` 0)."""
+    hw, ip = bytes.fromhex(mac.replace(":", "")), socket.inet_aton(address)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + hw + ip + b"\xff" * 6 + ip
+    return b"\xff" * 6 + hw + struct.pack("!H", 0x0806) + arp
+
+
+def _packet_socket(ifindex: int) -> socket.socket:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((socket.if_indextoname(ifindex), 0))
+    return s
+
+
+async def announce(entries: Sequence[Neighbour]) -> None:
+    """Each entry's namespace says once, on its interface, that its address is at its MAC
+    (what a host does when an address comes up). The sockets are made first, the frames
+    then sent back to back, so the network learns every binding in one burst."""
+    sockets = [
+        (await in_namespace(e.ns, functools.partial(_packet_socket, e.ifindex)), e) for e in entries
+    ]
+    try:
+        for sock, e in sockets:
+            with contextlib.suppress(OSError):  # a full queue: that one floods later, by ARP
+                sock.send(_garp(e.mac, e.address))
+    finally:
+        for sock, _ in sockets:
             sock.close()
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from simulator.checks import CheckResult
-from simulator.fabric import SWITCH_BRIDGE
+from simulator.fabric import BINDINGS_TABLE, SWITCH_BRIDGE
 from simulator.fleet import STATE_DIR, Sim
 from simulator.namespaces import Namespace, ours
 from simulator.pytest_plugin import SimFactory
@@ -63,6 +63,7 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
     assert any("-/->" in r.subject for r in results["reach"].rows)
     assert len(results["ports"].rows) == 6
     assert any("outside" in r.subject for r in results["migration"].rows)
+    _switch_snooped_arp(fleet)
     # the first contact happened: management moved from the provisioning VLAN to mgmt0
     kvm1 = fleet.hosts["kvm1"]
     with kvm1.ns.iproute() as ipr:
@@ -101,6 +102,28 @@ def _switch_answered_arp(fleet: Sim) -> None:
         assert host.ovs is not None
         fdb = host.ovs.appctl("ovs-vswitchd", "fdb/show", "cloudbr")
         assert not [n for n, mac in macs.items() if n != name and mac in fdb], (name, fdb)
+
+
+def _switch_snooped_arp(fleet: Sim) -> None:
+    """After the reach check: every host and guest announced itself, so the switch learnt
+    where every address the pings went to is, each on its own VLAN, and requests for them
+    went to their owners as unicasts (the learnt flows counted them)."""
+    assert fleet.fabric is not None and fleet.fabric.ovs is not None
+    flows = fleet.fabric.ovs.ofctl("dump-flows", SWITCH_BRIDGE, f"table={BINDINGS_TABLE}")
+    learnt = {
+        (int(f.split("vlan_tci=")[1].split("/")[0], 16), f.split("arp_tpa=")[1].split(",")[0])
+        for f in flows.splitlines()
+        if "arp_tpa=" in f
+    }
+    wanted = set()
+    for host in fleet.hosts.values():
+        wanted.add((100, str(host.layout.mgmt.ip)))
+        for vlan, guest in host.guests.items():
+            wanted |= {(vlan, str(guest.address.ip)), (vlan, str(guest.probe.ip))}
+    assert len(wanted) == len(fleet.hosts) * 5
+    assert wanted <= learnt, sorted(wanted - learnt)
+    counted = sum(int(f.split("n_packets=")[1].split(",")[0]) for f in flows.splitlines()[1:])
+    assert counted > 0, flows
 
 
 def _passes_every_check(fleet: Sim, *, skipped: set[str] = frozenset()) -> dict[str, CheckResult]:
