@@ -181,6 +181,9 @@ def _warm() -> Any:
         importlib.import_module(name)
     with contextlib.suppress(ImportError):
         import nftables  # noqa: F401
+    from bootstrap.engine.resource import prepare_adapters
+
+    prepare_adapters()
     return bootstrap.cli.main
 
 

@@ -42,7 +42,7 @@ from bootstrap.agent.topics import Topics
 from bootstrap.converge import Options, converge, plan_host, recover_host
 from bootstrap.engine.check import Check
 from bootstrap.engine.probe import Probe, TcpProbe
-from bootstrap.engine.resource import Change
+from bootstrap.engine.resource import Change, prepare_adapters
 from bootstrap.engine.transaction import Outcome
 from bootstrap.errors import BootstrapError, InternalError, InvalidDocument, clip
 from bootstrap.host.root import HostRoot
@@ -481,6 +481,7 @@ class Agent:
                 await asyncio.to_thread(importlib.import_module, name)
             except Exception as exc:  # a broken optional binding surfaces at apply, named
                 log.debug("warm-up: %s: %s", name, exc)
+        await asyncio.to_thread(prepare_adapters)
 
     async def startup(self) -> None:
         """Without the broker: finish an interrupted apply, then re-apply the cached state."""

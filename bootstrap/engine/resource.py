@@ -94,6 +94,18 @@ class Resource(ABC, Generic[S]):
         return loaded
 
 
+def prepare_adapters() -> None:
+    """The snapshot adapter of every resource class imported so far, built now (the
+    agent's warm-up): its first apply then compiles no schema (5 state types, 10-45 ms of
+    a loaded machine's CPU inside the rollout)."""
+    classes: list[type] = [Resource]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if "state_type" in cls.__dict__:
+            _adapter(cls.__dict__["state_type"])
+
+
 @functools.cache
 def _adapter(state_type: Any) -> TypeAdapter[Any]:
     """One adapter per state type: building one compiles its schema (a millisecond each,

@@ -106,8 +106,16 @@ from bootstrap.resources import resources_for
 role = yaml.safe_load(open("nets/scale-100.yaml"))["desired"]["roles"]["kvm"]["spec"]
 spec = Spec.model_validate({{**role, "host": {{"security_groups": True}}}})
 assert spec.firewall is not None and spec.host is not None
-resources_for(spec, HostRoot(Path({str(tmp_path)!r})))
+from bootstrap.engine.resource import _adapter, prepare_adapters
+prepare_adapters()
+built = _adapter.cache_info().misses
+for r in resources_for(spec, HostRoot(Path({str(tmp_path)!r}))):
+    _adapter(type(r).state_type)  # what the apply's snapshots use
 new = set(sys.modules) - before
 print(sorted(m for m in new if m.split(".")[0] in ("bootstrap", "nftables", "ovs")))
+print(built, _adapter.cache_info().misses)
 """
-    assert _python(code) == "[]"
+    imported, adapters = _python(code).splitlines()
+    assert imported == "[]"
+    built, after = map(int, adapters.split())
+    assert built >= 5 and after == built  # no schema left to compile at the first apply
