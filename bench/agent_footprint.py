@@ -5,7 +5,9 @@
 Start-up: ``csboot agent`` in a fresh namespace with an empty file root, timed from the
 process start to its ``READY=1`` on ``$NOTIFY_SOCKET`` (systemd's protocol; the broker is
 not needed for READY). Memory and idle CPU: a simulated fleet (nets/ovs.yaml by default)
-rolled out, then every agent's VmRSS, and its CPU seconds over ``--idle`` seconds.
+rolled out, then every agent's VmRSS, and its CPU seconds over ``--idle`` seconds. Its
+agents start as on a real host, each its own ``csboot agent`` (not forked from the
+simulator's zygote, whose children show less resident memory: they share its pages).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def main() -> int:
     args = p.parse_args()
     ready = startup_to_ready()
     print(f"start-up to READY: median {statistics.median(ready):.2f} s, max {max(ready):.2f} s")
-    fleet = Sim.up(args.net)
+    fleet = Sim.up(args.net, fork_agents=False)  # each agent started as on a real host
     try:
         rows = fleet.rollout()
         if not all(r.ok for r in rows):

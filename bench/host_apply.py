@@ -30,11 +30,15 @@ NET = REPO / "nets/scale-100.yaml"
 def inner(root: str, role: str, host: str, warm: str = "") -> None:
     """Inside the host's namespace: the engine's converge, first and again, in seconds.
     ``warm``: the resource modules imported beforehand (as in an agent that already ran)."""
-    if warm:
-        import bootstrap.resources.address
-        import bootstrap.resources.files
-        import bootstrap.resources.firewall
-        import bootstrap.resources.openvswitch  # noqa: F401
+    if warm:  # what the agent's warm-up does once READY
+        import importlib
+
+        from bootstrap.agent.daemon import WARM_MODULES
+        from bootstrap.engine.resource import prepare_adapters
+
+        for name in (*WARM_MODULES, "bootstrap.resources.openvswitch"):
+            importlib.import_module(name)
+        prepare_adapters()
     from bootstrap.converge import Options, converge
     from bootstrap.host.root import HostRoot
     from bootstrap.model.document import effective_spec, parse_document

@@ -121,11 +121,13 @@ class Sim:
         return sim
 
     @classmethod
-    def up(cls, net_path: str | Path) -> Sim:
-        """Build the fleet; on any failure tear down what was made and raise SimError."""
+    def up(cls, net_path: str | Path, *, fork_agents: bool = True) -> Sim:
+        """Build the fleet; on any failure tear down what was made and raise SimError.
+        ``fork_agents=False``: every agent starts as its own ``csboot agent`` process, as
+        on a real host (``bench/agent_footprint.py`` measures those), not from the zygote."""
         sim = cls.create(net_path)
         try:
-            sim.build()
+            sim.build(fork_agents=fork_agents)
         except BaseException as exc:
             sim.down()
             if isinstance(exc, Exception) and not isinstance(exc, SimError):
@@ -137,13 +139,14 @@ class Sim:
             raise
         return sim
 
-    def build(self) -> None:
+    def build(self, *, fork_agents: bool = True) -> None:
         t0 = time.monotonic()
         self.switch_ns = self._ns("switch")
         self.fabric = Fabric.build(self.switch_ns, self.workdir / "switch", self.net.switch)
         self.broker_ns = self._ns("broker")
         # the agents' warm interpreter imports while the rest comes up (simulator/zygote.py)
-        self.zygote = Zygote.start(self.broker_ns.argv([]))
+        if fork_agents:
+            self.zygote = Zygote.start(self.broker_ns.argv([]))
         for vlan, addresses in self.layout.routers():  # the broker's namespace routes too
             self.fabric.add_access(self.broker_ns, f"v{vlan}", f"r{vlan}", vlan, addresses)
         self.broker_ns.sysctl("net.ipv4.ip_forward", "1")
