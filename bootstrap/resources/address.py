@@ -135,9 +135,8 @@ def diff_states(
 
 
 def _ifname(index: int) -> str | None:
-    """The name of link ``index`` in this thread's namespace (the netlink socket's too).
-    One ioctl: a link dump decoded every attribute of every link, for one name (a third
-    of an apply's CPU on an OVS host)."""
+    """The name of link ``index`` in this thread's namespace (the netlink socket's too):
+    one ioctl, where a link dump decoded every attribute of every link for one name."""
     try:
         return socket.if_indextoname(index)
     except OSError:
