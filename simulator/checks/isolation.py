@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from simulator.checks import CheckResult, Row
 from simulator.checks.helper import ETHERTYPE, marker
-from simulator.checks.prober import in_namespace
+from simulator.checks.prober import close_packet_sockets, in_namespace
 from simulator.checks.reach import attach_guests
 from simulator.fabric import in_netns
 from simulator.hosts import SimHost
@@ -49,8 +49,10 @@ async def check_isolation(sim: Sim) -> CheckResult:
     for host in sim.hosts.values():
         for vlan, guest in host.guests.items():
             with in_netns(guest.ns):
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-                s.bind(("eth0", 0))
+                # no protocol until bound: a socket made with one is hooked at once, and
+                # binding it then unhooks it, which waits on the kernel (15 ms a socket)
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                s.bind(("eth0", ETH_P_ALL))  # host byte order: Python swaps it
                 s.setblocking(False)
             socks[s] = (host.name, vlan)
     senders = list(sim.hosts.values())[:MAX_SENDERS]
@@ -63,8 +65,7 @@ async def check_isolation(sim: Sim) -> CheckResult:
                 result.rows.append(Row(subject, False, f"cannot send: {exc}", (host.name,)))
         seen = await asyncio.to_thread(_collect, socks, token, settle=SETTLE)
     finally:
-        for s in socks:
-            s.close()
+        await close_packet_sockets(socks)
     leaks: dict[tuple[str, int], set[tuple[str, int]]] = {}
     own: dict[int, set[str]] = {v: set() for v in vlans}
     for (receiver, rvlan), markers in seen.items():

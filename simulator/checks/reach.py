@@ -113,12 +113,20 @@ def _addresses(ns: Namespace) -> dict[str, tuple[int, str]]:
         }
 
 
-def _probes(pings: list[_Ping]) -> tuple[list[IcmpProbe], list[Neighbour]]:
+Held = dict[str, dict[str, tuple[int, str]]]  # namespace -> address -> (ifindex, MAC)
+
+
+def _held(sim: Sim) -> Held:
+    """Who holds which address, read once per check from every host and guest namespace."""
+    spaces = [h.ns for h in sim.hosts.values()]
+    spaces += [g.ns for h in sim.hosts.values() for g in h.guests.values()]
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip((ns.name for ns in spaces), pool.map(_addresses, spaces), strict=True))
+
+
+def _probes(pings: list[_Ping], where: Held) -> tuple[list[IcmpProbe], list[Neighbour]]:
     """The pings as probes: an ARP ping forgets the entries it makes (see prober); the
     others need the permanent entries returned (both ways), to be installed first."""
-    spaces = {p.ns.name: p.ns for p in pings} | {p.peer.name: p.peer for p in pings if p.peer}
-    with ThreadPoolExecutor(4) as pool:
-        where = dict(zip(spaces, pool.map(_addresses, spaces.values()), strict=True))
     deadline = {True: EXPECTED_DEADLINE, False: LEAK_DEADLINE}
     out, static = [], []
     for p in pings:
@@ -214,7 +222,7 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
     return pings, rows
 
 
-def _bindings(sim: Sim) -> list[Neighbour]:
+def _bindings(sim: Sim, where: Held) -> list[Neighbour]:
     """Every address the pings go to, with the interface and MAC that hold it: each host's
     management address, each guest's own and shared-subnet ones."""
     out = []
@@ -222,12 +230,12 @@ def _bindings(sim: Sim) -> list[Neighbour]:
         spaces = [(host.ns, [str(host.layout.mgmt.ip)])]
         spaces += [(g.ns, [str(g.address.ip), str(g.probe.ip)]) for g in host.guests.values()]
         for ns, addresses in spaces:
-            held = _addresses(ns)
+            held = where.get(ns.name, {})
             out += [Neighbour(ns, held[a][0], a, held[a][1]) for a in addresses if a in held]
     return out
 
 
-async def _announce(sim: Sim) -> None:
+async def _announce(sim: Sim, where: Held) -> None:
     """Every host and guest says where its addresses are (one gratuitous ARP each), and
     the switch has learnt them before the first ping: its ARP snooping then sends each
     request to its owner alone instead of flooding 99 hosts (simulator/fabric.py), and
@@ -235,7 +243,7 @@ async def _announce(sim: Sim) -> None:
     one by one amid the pings' flows, each MAC made the host's vswitchd revalidate every
     flow it held: 19,000 revalidations at 100 hosts). Only speed depends on this: an
     address the switch has not learnt in ``LEARN_WAIT`` is found by flooding, as before."""
-    entries = await asyncio.to_thread(_bindings, sim)
+    entries = _bindings(sim, where)
     await announce(entries)
     fabric = sim.fabric
     if fabric is None or fabric.ovs is None:
@@ -262,14 +270,15 @@ async def check_reach(sim: Sim) -> CheckResult:
     permanent entries do not count. The hosts' pings to the broker go in the second round
     too, over the entries the agents' own traffic made."""
     problems = await asyncio.to_thread(attach_guests, sim)  # pyroute2's sync API
-    await _announce(sim)
+    where = await asyncio.to_thread(_held, sim)
+    await _announce(sim, where)
     pings, rows = _plan(sim, problems)
     answers = [False] * len(pings)
     for by_arp in (True, False):
         # leaks first: they wait out their deadline while the rest run
         chosen = [i for i, p in enumerate(pings) if p.arp == by_arp]
         order = sorted(chosen, key=lambda i: pings[i].expect)
-        probes, static = await asyncio.to_thread(_probes, [pings[i] for i in order])
+        probes, static = _probes([pings[i] for i in order], where)
         await set_neighbours(static, present=True)
         try:
             for i, got in zip(order, await ping_all(probes), strict=True):
