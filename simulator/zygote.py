@@ -40,6 +40,7 @@ from typing import Any
 __all__ = ["Forked", "Zygote"]
 
 CLONE_NEWNET = 0x40000000
+PR_SET_NAME = 15
 READY_WAIT = 120.0  # seconds for the imports (a loaded machine, the TCG VM's slow forks)
 
 
@@ -203,6 +204,9 @@ def _child(request: dict[str, Any], main: Any, ready: int) -> None:
         os.close(null)
         os.close(out)
         libc = ctypes.CDLL(None, use_errno=True)
+        # its name in ps/pgrep (a fork keeps the zygote's command line; comm is 15 bytes)
+        comm = "-".join([Path(request["argv"][0]).name, *request["argv"][1:2]])[:15]
+        libc.prctl(PR_SET_NAME, comm.encode(), 0, 0, 0)
         fd = os.open(request["netns"], os.O_RDONLY)
         if libc.setns(fd, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns {request['netns']}")

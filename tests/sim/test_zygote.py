@@ -79,6 +79,7 @@ def test_a_forked_agent_runs_in_its_host_namespace_and_stops_like_a_process(
         # the host's namespace, not the zygote's, as soon as spawn returns
         assert os.stat(f"/proc/{agent.pid}/ns/net").st_ino == host.path.stat().st_ino
         assert os.stat(f"/proc/{zygote.proc.pid}/ns/net").st_ino == home.path.stat().st_ino
+        assert Path(f"/proc/{agent.pid}/comm").read_text().strip() == "csboot-agent"
         ready(notify)
     assert agent.poll() is None
     with pytest.raises(subprocess.TimeoutExpired):
