@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from simulator.ovs import OvsDaemons
 from simulator.zygote import Forked, Zygote
 
 __all__ = ["SEED_OVS_VSCTL", "Guest", "SimHost", "agent_toml", "build_seed_ovs"]
+
+log_ = logging.getLogger(__name__)  # ``log`` is the agent's log file below
 
 PREFIX = "cloudstack/bootstrap/v1"
 RESERVED_PORTS = "49152-49216"
@@ -195,8 +198,12 @@ class SimHost:
         csboot = str(Path(sys.executable).with_name("csboot"))
         argv = [csboot, "agent", "-c", str(conf)]
         if self.zygote is not None:
-            self.agent = self.zygote.spawn(self.ns.path, argv, self.env(), log)
-            return
+            try:
+                self.agent = self.zygote.spawn(self.ns.path, argv, self.env(), log)
+                return
+            except (OSError, RuntimeError) as exc:  # the zygote died: start it the plain way
+                log_.warning("%s: agent not forked (%s); starting it with nsenter", self.name, exc)
+                self.zygote = None
         with log.open("ab") as out:
             self.agent = self.ns.popen(
                 argv,

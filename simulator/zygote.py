@@ -129,7 +129,10 @@ class Zygote:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
-            return {"error": f"no answer within {timeout:g}s (exit code {self.proc.poll()})"}
+            code = self.proc.poll()
+            if code is not None:
+                return {"error": f"the zygote exited (code {code})"}
+            return {"error": f"no answer within {timeout:g}s"}
         answer: dict[str, Any] = json.loads(line)
         return answer
 

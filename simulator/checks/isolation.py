@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import select
 import socket
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from simulator.checks import CheckResult, Row
 from simulator.checks.helper import ETHERTYPE, marker
-from simulator.checks.prober import close_packet_sockets, in_namespace
+from simulator.checks.prober import close_packet_sockets, in_namespace, packet_socket
 from simulator.checks.reach import attach_guests
 from simulator.fabric import in_netns
 from simulator.hosts import SimHost
@@ -116,19 +117,14 @@ def frames(token: str, sender: str, vlans: list[int]) -> list[bytes]:
 async def _inject(host: SimHost, token: str, vlans: list[int]) -> None:
     """The frames, three times, from a packet socket on the host's uplink (made inside it)."""
 
-    def packet_socket() -> socket.socket:
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        s.bind((host.layout.uplink, 0))
-        return s
-
-    sock = await in_namespace(host.ns, packet_socket)
+    sock = await in_namespace(host.ns, functools.partial(packet_socket, host.layout.uplink))
     try:
         for _ in range(3):
             for frame in frames(token, host.name, vlans):
                 sock.send(frame)
             await asyncio.sleep(0.05)  # a burst spread out, as scapy's ``inter`` did
     finally:
-        sock.close()
+        await close_packet_sockets([sock])
 
 
 def _collect(

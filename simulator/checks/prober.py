@@ -46,6 +46,7 @@ __all__ = [
     "announce",
     "close_packet_sockets",
     "in_namespace",
+    "packet_socket",
     "ping_all",
     "set_neighbours",
     "tcp_all",
@@ -235,9 +236,12 @@ def _garp(mac: str, address: str) -> bytes:
     return b"\xff" * 6 + hw + struct.pack("!H", 0x0806) + arp
 
 
-def _packet_socket(ifindex: int) -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    s.bind((socket.if_indextoname(ifindex), 0))
+def packet_socket(interface: str | int) -> socket.socket:
+    """A send-only packet socket on ``interface`` (a name, or an index resolved here: call
+    it inside the interface's namespace). No protocol, so the kernel hooks no receiver."""
+    name = interface if isinstance(interface, str) else socket.if_indextoname(interface)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    s.bind((name, 0))
     return s
 
 
@@ -247,10 +251,9 @@ async def close_packet_sockets(socks: Iterable[socket.socket]) -> None:
     took 7.5 s of wall time; closed from many threads at once they share the waits."""
     socks = list(socks)
     if socks:
+        loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(min(64, len(socks)), thread_name_prefix="close") as pool:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: list(pool.map(socket.socket.close, socks))
-            )
+            await asyncio.gather(*(loop.run_in_executor(pool, s.close) for s in socks))
 
 
 async def announce(entries: Sequence[Neighbour]) -> None:
@@ -258,7 +261,7 @@ async def announce(entries: Sequence[Neighbour]) -> None:
     (what a host does when an address comes up). The sockets are made first, the frames
     then sent back to back, so the network learns every binding in one burst."""
     sockets = [
-        (await in_namespace(e.ns, functools.partial(_packet_socket, e.ifindex)), e) for e in entries
+        (await in_namespace(e.ns, functools.partial(packet_socket, e.ifindex)), e) for e in entries
     ]
     try:
         for sock, e in sockets:

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from simulator.hosts import SimHost
 from simulator.namespaces import Namespace, new_run_id, remove_all
+from simulator.nets import load_net
 from simulator.zygote import Forked, Zygote
 
 pytestmark = [pytest.mark.sim, pytest.mark.root, pytest.mark.netns]
 
+REPO = Path(__file__).resolve().parents[2]
 CSBOOT = "csboot"  # argv[0] only: the zygote runs the entry point in-process
 
 
@@ -121,3 +124,26 @@ def test_a_killed_agent_and_a_bad_request_leave_the_zygote_serving(
     wait_for("the agent never started", lambda: "192.0.2.1" in (tmp_path / "c.log").read_text())
     again.terminate()
     assert again.wait(15) == 0
+
+
+def test_a_dead_zygote_fails_fast_and_the_host_starts_its_agent_the_plain_way(
+    tmp_path: Path, spaces: tuple[Namespace, Namespace], zygote: Zygote
+) -> None:
+    _, host_ns = spaces
+    zygote.proc.kill()
+    zygote.proc.wait()
+    t0 = time.monotonic()
+    with pytest.raises((OSError, RuntimeError)):
+        zygote.spawn(host_ns.path, [CSBOOT, "agent", "-c", "x"], {}, tmp_path / "x.log")
+    assert time.monotonic() - t0 < 5  # an answer that never comes is not waited for
+
+    layout = load_net(REPO / "nets/ovs.yaml").layout().hosts[0]
+    host = SimHost(layout=layout, ns=host_ns, root=tmp_path / "root", zygote=zygote)
+    host.start_agent("mqtt://192.0.2.1:1883", "secret")
+    try:
+        assert isinstance(host.agent, subprocess.Popen) and host.zygote is None
+        log = host.root / "var/log/csboot-agent.log"
+        wait_for("the agent never started", lambda: "192.0.2.1" in log.read_text())
+        assert host.agent.poll() is None
+    finally:
+        host.stop()
