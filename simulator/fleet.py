@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +98,10 @@ class Sim:
         latest.unlink(missing_ok=True)
         latest.symlink_to(self.state_path.name)
 
-    def record_namespace(self, name: str) -> None:
-        """Recorded before it is created (threads call this: one writer at a time)."""
+    def record_namespace(self, *names: str) -> None:
+        """Recorded before they are created (threads call this: one writer at a time)."""
         with _STATE_LOCK:
-            self.namespaces.append(name)
+            self.namespaces.extend(names)
             self.save_state()
 
     def _ns(self, suffix: str) -> Namespace:
@@ -239,12 +239,12 @@ class Sim:
         return asyncio.run(self.check_async(only))
 
     async def check_async(self, only: list[str] | None = None) -> list[CheckResult]:
-        """The checks in three stages: migration (a QEMU guest, no netlink) while the
-        guests are attached (netlink, the kernel's lock); then reach, isolation and ports
-        (listeners on every allowed port) together; then cloudstack, whose listener, a
-        libvirtd stand-in, sits on a port the ports check holds (as the migration's QEMU
-        does). Each check's own time is kept in ``timings`` (they overlap); ``check`` is
-        the wall time of all of them."""
+        """The checks, each as soon as what it needs is there: reach and isolation once
+        the guests are attached; migration at once, then ports, then cloudstack, one after
+        the other: QEMU's and the libvirtd stand-in's listeners sit on ports the ports check
+        holds (a listener on every allowed port). Each check's own time (from its start,
+        not its wait) is kept in ``timings`` (they overlap); ``check`` is the wall time of
+        all of them."""
         from simulator.checks.cloudstack import check_cloudstack
         from simulator.checks.isolation import check_isolation
         from simulator.checks.migration import check_migration
@@ -268,7 +268,9 @@ class Sim:
         }
         run = [n for n in checks if wanted[n] and (not only or n in only)]
 
-        async def timed(name: str) -> CheckResult:
+        async def timed(name: str, after: Sequence[asyncio.Task[Any]] = ()) -> CheckResult:
+            for needed in after:
+                await needed
             t = time.monotonic()
             result = await checks[name](self)
             self.timings[f"check.{name}"] = time.monotonic() - t
@@ -280,17 +282,23 @@ class Sim:
                 self.timings["check.guests"] = time.monotonic() - t0
 
         t0 = time.monotonic()
-        results: dict[str, CheckResult] = {}
-        for stage in (("migration",), ("reach", "isolation", "ports"), ("cloudstack",)):
-            names = [n for n in stage if n in run]
-            checks_done = asyncio.gather(*map(timed, names))
-            if stage == ("migration",):
-                done, _ = await asyncio.gather(checks_done, guests())
-            else:
-                done = await checks_done
-            results.update(zip(names, done, strict=True))
+        tasks: dict[str, asyncio.Task[CheckResult]] = {}
+        async with asyncio.TaskGroup() as tg:
+            attached = tg.create_task(guests())
+            if "migration" in run:
+                tasks["migration"] = tg.create_task(timed("migration"))
+            for name in ("reach", "isolation"):
+                if name in run:
+                    tasks[name] = tg.create_task(timed(name, [attached]))
+            # QEMU's listener, then the ports check's (every allowed port), then the
+            # libvirtd stand-in's: each holds ports the next would take
+            listeners = [tasks[n] for n in ("migration",) if n in tasks]
+            for name in ("ports", "cloudstack"):
+                if name in run:
+                    tasks[name] = tg.create_task(timed(name, listeners))
+                    listeners = [tasks[name]]
         self.timings["check"] = time.monotonic() - t0
-        return [results[n] for n in run]
+        return [tasks[n].result() for n in run]
 
     # -- down -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ adopt.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -19,12 +20,16 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from simulator.fabric import Fabric, no_offload
 from simulator.namespaces import Namespace, veth_pair
 from simulator.nets import HostLayout
 from simulator.ovs import OvsDaemons
 from simulator.zygote import Forked, Zygote
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 __all__ = ["SEED_OVS_VSCTL", "Guest", "SimHost", "agent_toml", "build_seed_ovs"]
 
@@ -81,6 +86,7 @@ class Guest:
     bridge: str
     address: ipaddress.IPv4Interface  # in the VLAN's own subnet
     probe: ipaddress.IPv4Interface  # in one subnet shared by every VLAN: L2 must isolate
+    link: tuple[int, str] | None = None  # eth0's index and MAC, when read as it was made
 
 
 @dataclass(slots=True)
@@ -242,14 +248,22 @@ class SimHost:
         probe: ipaddress.IPv4Interface,
         *,
         ovs_port: bool = True,
+        ipr: IPRoute | None = None,
     ) -> str | None:
         """A guest on ``bridge``; None when attached, else why it could not be.
-        ``ovs_port=False``: the caller adds the OVS port (``add_guest_ports``)."""
+        ``ovs_port=False``: the caller adds the OVS port (``add_guest_ports``); ``ipr``: a
+        netlink socket open in the host's namespace, for several guests."""
         port = f"g{vlan}"
-        with self.ns.iproute() as ipr:
+        with contextlib.ExitStack() as stack:
+            if ipr is None:
+                ipr = stack.enter_context(self.ns.iproute())
             if not ipr.link_lookup(ifname=bridge):
                 return f"no bridge {bridge}"
-        veth_pair(self.ns, port, guest_ns, "eth0")
+            veth_pair(self.ns, port, guest_ns, "eth0", ipr=ipr)
+            if self.ovs is None:
+                (br,) = ipr.link_lookup(ifname=bridge)
+                (idx,) = ipr.link_lookup(ifname=port)
+                ipr.link("set", index=idx, master=br)
         if self.ovs is not None:
             no_offload(self.ns, port)
             no_offload(guest_ns, "eth0")
@@ -258,16 +272,13 @@ class SimHost:
                     self.ovs.vsctl("add-port", bridge, port)
                 except Exception as exc:
                     return f"cannot add {port} to {bridge}: {exc}"
-        else:
-            with self.ns.iproute() as ipr:
-                (br,) = ipr.link_lookup(ifname=bridge)
-                (idx,) = ipr.link_lookup(ifname=port)
-                ipr.link("set", index=idx, master=br)
-        with guest_ns.iproute() as ipr:
-            (idx,) = ipr.link_lookup(ifname="eth0")
+        with guest_ns.iproute() as gipr:
+            (eth0,) = gipr.get_links(ifname="eth0")
+            idx = int(eth0["index"])
             for a in (address, probe):
-                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
-        self.guests[vlan] = Guest(guest_ns, vlan, bridge, address, probe)
+                gipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        link = (idx, str(eth0.get_attr("IFLA_ADDRESS")))
+        self.guests[vlan] = Guest(guest_ns, vlan, bridge, address, probe, link)
         return None
 
     def add_guest_ports(self, vlans: list[int]) -> dict[int, str]:

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -189,6 +189,13 @@ class OvsDaemons:
             raise OvsError(f"ovs-ofctl {command} {bridge}: {done.stderr.strip()}")
         out: str = done.stdout
         return out
+
+    def bundle(self, bridge: str, lines: Sequence[str]) -> None:
+        """Flow mods and packet-outs, one per line (``ovs-ofctl`` syntax), sent to
+        ``bridge`` as one OpenFlow 1.4 bundle: vswitchd executes them at its commit, in
+        one go, or none if one is malformed."""
+        if lines:
+            self.ofctl("bundle", bridge, "-", "-O", "OpenFlow14", stdin="\n".join(lines) + "\n")
 
     def appctl(self, daemon: Literal["ovsdb-server", "ovs-vswitchd"], *args: str) -> str:
         done = subprocess.run(

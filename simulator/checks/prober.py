@@ -45,6 +45,7 @@ __all__ = [
     "TcpProbe",
     "announce",
     "close_packet_sockets",
+    "garp",
     "in_namespace",
     "packet_socket",
     "ping_all",
@@ -228,12 +229,15 @@ class _Neighbours:
             sock.close()
 
 
-def _garp(mac: str, address: str) -> bytes:
-    """A gratuitous ARP *reply* (``arping -A``): "``address`` is at ``mac``", broadcast.
-    Receivers refresh an entry they hold and make none (``arp_accept`` 0)."""
+def garp(mac: str, address: str, vlan: int | None = None, *, broadcast: bool = False) -> bytes:
+    """A gratuitous ARP *reply*, "``address`` is at ``mac``" (802.1Q-tagged with ``vlan``
+    when given). Broadcast (``arping -A``), receivers refresh an entry they hold and make
+    none (``arp_accept`` 0). Else addressed to its own sender: a MAC-learning bridge
+    learns where ``mac`` is and has nowhere to send it but the port it came in on."""
     hw, ip = bytes.fromhex(mac.replace(":", "")), socket.inet_aton(address)
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + hw + ip + b"\xff" * 6 + ip
-    return b"\xff" * 6 + hw + struct.pack("!H", 0x0806) + arp
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + hw + ip + hw + ip
+    tag = b"" if vlan is None else struct.pack("!HH", 0x8100, vlan)
+    return (b"\xff" * 6 if broadcast else hw) + hw + tag + struct.pack("!H", 0x0806) + arp
 
 
 def packet_socket(interface: str | int) -> socket.socket:
@@ -258,15 +262,14 @@ async def close_packet_sockets(socks: Iterable[socket.socket]) -> None:
 
 async def announce(entries: Sequence[Neighbour]) -> None:
     """Each entry's namespace says once, on its interface, that its address is at its MAC
-    (what a host does when an address comes up). The sockets are made first, the frames
-    then sent back to back, so the network learns every binding in one burst."""
+    (a broadcast gratuitous ARP, what a host does when an address comes up)."""
     sockets = [
         (await in_namespace(e.ns, functools.partial(packet_socket, e.ifindex)), e) for e in entries
     ]
     try:
         for sock, e in sockets:
-            with contextlib.suppress(OSError):  # a full queue: that one floods later, by ARP
-                sock.send(_garp(e.mac, e.address))
+            with contextlib.suppress(OSError):  # a full queue: that one is found by ARP
+                sock.send(garp(e.mac, e.address, broadcast=True))
     finally:
         await close_packet_sockets(sock for sock, _ in sockets)
 

@@ -13,9 +13,10 @@ import asyncio
 import ipaddress
 import logging
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from simulator.checks import CheckResult, Row
 from simulator.checks.prober import (
@@ -23,23 +24,26 @@ from simulator.checks.prober import (
     IcmpProbe,
     Neighbour,
     announce,
+    garp,
     ping_all,
     set_neighbours,
 )
+from simulator.fabric import LEARN_BINDING, SWITCH_BRIDGE
 from simulator.hosts import Guest, SimHost
 from simulator.namespaces import Namespace
+from simulator.nets import NicPort
 from simulator.ovs import OvsError
 
 if TYPE_CHECKING:
     from simulator.fleet import Sim
 
-__all__ = ["PROBE_NET", "attach_guests", "check_reach"]
+__all__ = ["PROBE_NET", "attach_guests", "check_reach", "held", "teach_bridges"]
 
 log = logging.getLogger(__name__)
 PROBE_NET = ipaddress.IPv4Network("172.31.0.0/16")
 EXPECTED_DEADLINE = 15.0  # seconds an expected path may take to answer
 LEAK_DEADLINE = 2.5  # seconds a forbidden path is given to answer (ARP retries at 1 s)
-LEARN_WAIT = 10.0  # seconds the switch is given to learn the announced bindings
+LEARN_WAIT = 10.0  # seconds the switch is given to learn the bindings it is taught
 
 
 def guest_addresses(
@@ -55,6 +59,7 @@ def guest_addresses(
 def _attach_host(sim: Sim, host: SimHost) -> dict[tuple[str, int], str]:
     problems: dict[tuple[str, int], str] = {}
     wired: list[int] = []
+    todo: list[tuple[int, str, str]] = []  # (VLAN, bridge, namespace) of each guest to make
     for vlan in sim.layout.reach_vlans():
         bridge = host.layout.bridges.get(vlan)
         if bridge is None or vlan in host.guests:
@@ -68,13 +73,19 @@ def _attach_host(sim: Sim, host: SimHost) -> dict[tuple[str, int], str]:
                 host.guests[vlan] = Guest(gns, vlan, bridge, own, probe)
                 continue
             gns.remove()  # half-made (that check was interrupted): make it again
-        sim.record_namespace(gns.name)
-        gns = Namespace.create(gns.name)
-        why = host.attach_guest(gns, vlan, bridge, own, probe, ovs_port=False)
-        if why is not None:
-            problems[(host.name, vlan)] = why
-        else:
-            wired.append(vlan)
+        todo.append((vlan, bridge, gns.name))
+    if not todo:
+        return problems
+    sim.record_namespace(*(name for _, _, name in todo))
+    with host.ns.iproute() as ipr:  # one netlink socket for the host's side of every guest
+        for vlan, bridge, name in todo:
+            own, probe = guest_addresses(sim, host.layout.index, vlan)
+            gns = Namespace.create(name)
+            why = host.attach_guest(gns, vlan, bridge, own, probe, ovs_port=False, ipr=ipr)
+            if why is not None:
+                problems[(host.name, vlan)] = why
+            else:
+                wired.append(vlan)
     for vlan, why in host.add_guest_ports(wired).items():  # one OVS transaction per host
         host.guests.pop(vlan, None)
         problems[(host.name, vlan)] = why
@@ -116,12 +127,19 @@ def _addresses(ns: Namespace) -> dict[str, tuple[int, str]]:
 Held = dict[str, dict[str, tuple[int, str]]]  # namespace -> address -> (ifindex, MAC)
 
 
-def _held(sim: Sim) -> Held:
-    """Who holds which address, read once per check from every host and guest namespace."""
+def held(sim: Sim) -> Held:
+    """Who holds which address, read once per check from every host namespace (where the
+    agents put them); a guest made by this check is known from its making."""
+    out: Held = {}
     spaces = [h.ns for h in sim.hosts.values()]
-    spaces += [g.ns for h in sim.hosts.values() for g in h.guests.values()]
+    for guest in (g for h in sim.hosts.values() for g in h.guests.values()):
+        if guest.link is None:  # made by an earlier check of this run
+            spaces.append(guest.ns)
+        else:
+            out[guest.ns.name] = {str(a.ip): guest.link for a in (guest.address, guest.probe)}
     with ThreadPoolExecutor(4) as pool:
-        return dict(zip((ns.name for ns in spaces), pool.map(_addresses, spaces), strict=True))
+        out.update(zip((ns.name for ns in spaces), pool.map(_addresses, spaces), strict=True))
+    return out
 
 
 def _probes(pings: list[_Ping], where: Held) -> tuple[list[IcmpProbe], list[Neighbour]]:
@@ -222,37 +240,117 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
     return pings, rows
 
 
-def _bindings(sim: Sim, where: Held) -> list[Neighbour]:
-    """Every address the pings go to, with the interface and MAC that hold it: each host's
-    management address, each guest's own and shared-subnet ones."""
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """``address`` is at ``mac``, on ``vlan``, behind ``host``."""
+
+    host: SimHost
+    vlan: int
+    address: str
+    mac: str
+    ifindex: int
+
+
+def _bindings(sim: Sim, where: Held) -> list[_Binding]:
+    """Every address the pings go to, with the MAC that holds it: each host's management
+    address, each guest's own and shared-subnet ones."""
     out = []
     for host in sim.hosts.values():
-        spaces = [(host.ns, [str(host.layout.mgmt.ip)])]
-        spaces += [(g.ns, [str(g.address.ip), str(g.probe.ip)]) for g in host.guests.values()]
-        for ns, addresses in spaces:
+        spaces = [(host.ns, sim.layout.mgmt_vlan, [str(host.layout.mgmt.ip)])]
+        spaces += [
+            (g.ns, g.vlan, [str(g.address.ip), str(g.probe.ip)]) for g in host.guests.values()
+        ]
+        for ns, vlan, addresses in spaces:
             held = where.get(ns.name, {})
-            out += [Neighbour(ns, held[a][0], a, held[a][1]) for a in addresses if a in held]
+            out += [_Binding(host, vlan, a, *held[a][::-1]) for a in addresses if a in held]
     return out
 
 
-async def _announce(sim: Sim, where: Held) -> None:
-    """Every host and guest says where its addresses are (one gratuitous ARP each), and
-    the switch has learnt them before the first ping: its ARP snooping then sends each
-    request to its owner alone instead of flooding 99 hosts (simulator/fabric.py), and
-    every host's bridge learns every MAC in one burst, while it holds few flows (learnt
-    one by one amid the pings' flows, each MAC made the host's vswitchd revalidate every
-    flow it held: 19,000 revalidations at 100 hosts). Only speed depends on this: an
-    address the switch has not learnt in ``LEARN_WAIT`` is found by flooding, as before."""
-    entries = _bindings(sim, where)
-    await announce(entries)
+def _mgmt(sim: Sim, where: Held) -> list[_Binding]:
+    """Each host's management address, where it is held."""
+    return [b for b in _bindings(sim, where) if b.address == str(b.host.layout.mgmt.ip)]
+
+
+def _carries(port: NicPort, vlan: int) -> bool:
+    return vlan in port.trunk_vlans or vlan == port.native_vlan
+
+
+def _frame(b: _Binding, port: NicPort) -> str:
+    """``b``'s gratuitous ARP as it crosses the cable of ``port``: tagged unless native."""
+    return garp(b.mac, b.address, None if b.vlan == port.native_vlan else b.vlan).hex()
+
+
+def _teach_host(host: SimHost, bindings: list[_Binding]) -> None:
+    """``host``'s bridges learn where every other host's MACs are, as the switch's flood
+    of their gratuitous ARPs would teach them: each frame is handed to the bridge as if
+    it came in on the NIC (a packet-out, ``NORMAL``), all in one bundle per bridge."""
+    assert host.ovs is not None
+    for nic, port in host.layout.nics.items():
+        bridge = host.ovs.vsctl("iface-to-br", nic).strip()
+        frames = {
+            (b.mac, b.vlan): _frame(b, port)
+            for b in bindings
+            if b.host is not host and _carries(port, b.vlan)
+        }
+        lines = [f"packet-out in_port={nic} packet={f} actions=NORMAL" for f in frames.values()]
+        host.ovs.bundle(bridge, lines)
+
+
+def _owner_nic(b: _Binding) -> tuple[str, NicPort] | None:
+    """The NIC of ``b``'s host that carries ``b``'s VLAN to the switch."""
+    return next(((n, p) for n, p in b.host.layout.nics.items() if _carries(p, b.vlan)), None)
+
+
+def _teach_switch(sim: Sim, bindings: list[_Binding]) -> None:
+    """The switch learns every binding (its ARP snooping, simulator/fabric.py) and every
+    MAC's port, from each frame handed to its pipeline as if it came from the owner."""
+    assert sim.fabric is not None and sim.fabric.ovs is not None
+    lines = []
+    for b in bindings:
+        if (owner := _owner_nic(b)) is not None:
+            nic, port = owner
+            lines.append(
+                f"packet-out in_port={b.host.layout.port_of(nic)} packet={_frame(b, port)} "
+                f"actions={LEARN_BINDING}"
+            )
+    sim.fabric.ovs.bundle(SWITCH_BRIDGE, lines)
+
+
+async def teach_bridges(sim: Sim, where: Held) -> None:
+    """Before the first ping, every bridge learns where every address the pings go to
+    is: the switch each binding (its ARP snooping then sends a request to the owner alone,
+    simulator/fabric.py), each host's OVS bridge every other host's MACs, while it holds
+    few flows (each MAC a vswitchd learns makes it revalidate every flow it holds: learnt
+    amid the pings, 19,000 revalidations at 100 hosts; even from one burst of real
+    gratuitous ARPs, flooded by the switch, 1.3 M translations, 8 CPU-s). Each bridge is
+    handed the gratuitous ARPs its cable would bring, as OpenFlow packet-outs, one bundle
+    per bridge: a host's into ``NORMAL``, which learns as from the wire (after forwarding:
+    a frame still reaches the bridge's own ports on its VLAN), the switch's into its
+    binding ``learn`` alone; no frame crosses a cable. Only speed depends on it: a bridge
+    not taught learns from the pings, and a MAC that is elsewhere is learnt where its
+    frames come from, so a fault still fails the pings."""
+    bindings = _bindings(sim, where)
     fabric = sim.fabric
+
+    async def teach(what: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            await asyncio.to_thread(fn, *args)
+        except (OvsError, subprocess.SubprocessError, OSError) as exc:
+            log.info("reach: %s not taught (it learns from the pings): %s", what, exc)
+
+    taught = [teach(h.name, _teach_host, h, bindings) for h in sim.hosts.values() if h.ovs]
+    if fabric is not None and fabric.ovs is not None:
+        taught.append(teach("the switch", _teach_switch, sim, bindings))
+    await asyncio.gather(*taught)
     if fabric is None or fabric.ovs is None:
         return
+    # the switch snoops tagged ARP only: a native VLAN's bindings are found by flooding
+    snooped = sum(1 for b in bindings if (o := _owner_nic(b)) and b.vlan != o[1].native_vlan)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LEARN_WAIT
     while loop.time() < deadline:
-        try:  # a count, not the table: the switch is busy learning (200 hosts: 1,000)
-            if await asyncio.to_thread(fabric.arp_binding_count) >= len(entries):
+        try:  # a count, not the table: the switch may be busy (200 hosts: 1,000 flows)
+            if await asyncio.to_thread(fabric.arp_binding_count) >= snooped:
                 return
         except (OvsError, subprocess.SubprocessError) as exc:
             log.info("reach: not waiting for the switch's ARP bindings: %s", exc)
@@ -261,7 +359,7 @@ async def _announce(sim: Sim, where: Held) -> None:
 
 
 async def check_reach(sim: Sim) -> CheckResult:
-    """Every address announced first (:func:`_announce`), then two rounds. First the
+    """Every bridge taught every address first (:func:`teach_bridges`), then two rounds. First the
     pings that resolve by ARP: between neighbours on a ring (so every host and guest ARPs
     and is ARPed on every VLAN) and every ping that must not reach (a leak shows as an
     ARP answer). Then every other pair, over permanent neighbour entries installed for
@@ -270,8 +368,15 @@ async def check_reach(sim: Sim) -> CheckResult:
     permanent entries do not count. The hosts' pings to the broker go in the second round
     too, over the entries the agents' own traffic made."""
     problems = await asyncio.to_thread(attach_guests, sim)  # pyroute2's sync API
-    where = await asyncio.to_thread(_held, sim)
-    await _announce(sim, where)
+    where = await asyncio.to_thread(held, sim)
+    await teach_bridges(sim, where)
+    # Then each host says where its management address is, for real (a broadcast
+    # gratuitous ARP, as a host coming up does): the broker and the gateway refresh an
+    # entry they hold. A host whose mgmt0 was made anew (a reboot: a new MAC) is otherwise
+    # answered at its old MAC until the broker's entry ages (the switch answers the host's
+    # own requests for the broker, so the broker never hears it ask). Every bridge already
+    # knows these MACs: nothing is learnt.
+    await announce([Neighbour(b.host.ns, b.ifindex, b.address, b.mac) for b in _mgmt(sim, where)])
     pings, rows = _plan(sim, problems)
     answers = [False] * len(pings)
     for by_arp in (True, False):

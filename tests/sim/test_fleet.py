@@ -5,6 +5,7 @@ Each test builds a small fleet through the ``sim`` fixture, which always tears i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from simulator.checks import CheckResult
+from simulator.checks.reach import attach_guests, held, teach_bridges
 from simulator.fabric import BINDINGS_TABLE, SWITCH_BRIDGE
 from simulator.fleet import STATE_DIR, Sim
 from simulator.namespaces import Namespace, ours
@@ -54,6 +56,7 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
     for row in fleet.rollout_rows:
         assert any(w.startswith("spec.network.persist:") for w in row.warnings), row
     _switch_answered_arp(fleet)
+    _bridges_taught_off_the_wire(fleet)
     results = _by_name(fleet.check())
     assert set(results) == {"reach", "isolation", "ports", "migration", "cloudstack"}
     for result in results.values():
@@ -104,10 +107,35 @@ def _switch_answered_arp(fleet: Sim) -> None:
         assert not [n for n, mac in macs.items() if n != name and mac in fdb], (name, fdb)
 
 
-def _switch_snooped_arp(fleet: Sim) -> None:
-    """After the reach check: every host and guest announced itself, so the switch learnt
-    where every address the pings went to is, each on its own VLAN, and requests for them
-    went to their owners as unicasts (the learnt flows counted them)."""
+def _bridges_taught_off_the_wire(fleet: Sim) -> None:
+    """What the reach check does before its first ping, alone: every host's bridge has
+    learnt every other host's guest MACs, each on its VLAN behind eth0, and the switch
+    every binding, yet no frame of theirs crossed a datapath (a flooded announcement
+    leaves a flow in every host's vswitchd for each MAC)."""
+    attach_guests(fleet)
+    asyncio.run(teach_bridges(fleet, held(fleet)))
+    guests = {
+        (vlan, _mac(g.ns, "eth0"), name)
+        for name, host in fleet.hosts.items()
+        for vlan, g in host.guests.items()
+    }
+    assert len(guests) == 2 * len(fleet.hosts)
+    for name, host in fleet.hosts.items():
+        assert host.ovs is not None
+        eth0 = host.ovs.vsctl("get", "Interface", "eth0", "ofport").strip()
+        fdb = {
+            tuple(line.split()[:3])
+            for line in host.ovs.appctl("ovs-vswitchd", "fdb/show", "cloudbr").splitlines()[1:]
+        }
+        flows = host.ovs.appctl("ovs-vswitchd", "dpctl/dump-flows")
+        for vlan, mac, owner in guests:
+            if owner != name:
+                assert (eth0, str(vlan), mac) in fdb, (name, vlan, mac, fdb)
+                assert f"src={mac}" not in flows, (name, mac, flows)
+    _switch_learnt_every_binding(fleet)
+
+
+def _switch_learnt_every_binding(fleet: Sim) -> set[tuple[int, str]]:
     assert fleet.fabric is not None and fleet.fabric.ovs is not None
     flows = fleet.fabric.ovs.ofctl("dump-flows", SWITCH_BRIDGE, f"table={BINDINGS_TABLE}")
     learnt = {
@@ -122,6 +150,15 @@ def _switch_snooped_arp(fleet: Sim) -> None:
             wanted |= {(vlan, str(guest.address.ip)), (vlan, str(guest.probe.ip))}
     assert len(wanted) == len(fleet.hosts) * 5
     assert wanted <= learnt, sorted(wanted - learnt)
+    return learnt
+
+
+def _switch_snooped_arp(fleet: Sim) -> None:
+    """After the reach check: the switch held every binding, each on its own VLAN, and
+    requests for them went to their owners as unicasts (the learnt flows counted them)."""
+    _switch_learnt_every_binding(fleet)
+    assert fleet.fabric is not None and fleet.fabric.ovs is not None
+    flows = fleet.fabric.ovs.ofctl("dump-flows", SWITCH_BRIDGE, f"table={BINDINGS_TABLE}")
     counted = sum(int(f.split("n_packets=")[1].split(",")[0]) for f in flows.splitlines()[1:])
     assert counted > 0, flows
 
