@@ -6,6 +6,7 @@ through here, so there is exactly one implementation of "make this host right".
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +76,19 @@ async def converge(
     files) must be on disk before the rest is planned, or the plan would edit files that
     do not exist yet. A rollback of the rest leaves them, and the outcome says so.
     """
-    with nft_session():  # one libnftables context for the transaction's calls
+    # one libnftables context and one OVSDB connection for the transaction's calls
+    with nft_session(), _ovsdb_session(spec):
         return await _converge(spec, host, options)
+
+
+def _ovsdb_session(spec: Spec) -> contextlib.AbstractContextManager[None]:
+    """The OVS resource's connection kept for the transaction, where the spec uses OVS
+    (elsewhere the ``ovs`` library is not even imported)."""
+    if spec.network is None or spec.network.backend != "openvswitch":
+        return contextlib.nullcontext()
+    from bootstrap.resources.ovsdb import ovsdb_session
+
+    return ovsdb_session()
 
 
 async def _converge(spec: Spec, host: HostRoot, options: Options) -> tuple[Plan, Outcome]:

@@ -25,6 +25,7 @@ from bootstrap.engine.transaction import Outcome, apply_plan, revert_steps
 from bootstrap.errors import ResourceError
 from bootstrap.model.spec import Network
 from bootstrap.resources.openvswitch import OpenVSwitch, openvswitch_resources
+from bootstrap.resources.ovsdb import OvsdbClient, OvsdbError, connect, ovsdb_session
 from simulator.hosts import build_seed_ovs
 from simulator.namespaces import Namespace, veth_pair
 from simulator.ovs import OvsDaemons
@@ -416,3 +417,37 @@ def test_untagged_management_rides_vlan_0_of_the_trunk(make_host: Callable[[str]
     assert a.ovs.vsctl("br-to-vlan", "mgmt0").strip() == "0"
     assert a.get("port", "eth0", "trunks") == "[0, 200, 300]"
     assert a.ping("192.168.42.12")
+
+
+def test_a_transaction_keeps_one_ovsdb_connection_and_drops_one_that_lost_its_server(
+    make_host: Callable[[str], Host],
+) -> None:
+    """Within ``ovsdb_session`` (what ``converge`` opens for an OVS host) the plan, the
+    apply and the verification share one connection, brought up to date at each use; a
+    connection whose server restarted is replaced, never read stale; one a caller failed
+    with is closed and not kept; outside a session every use connects anew."""
+    a = make_host("a")
+    socket = a.ovs.host.ovsdb_socket
+
+    def bridges(client: OvsdbClient) -> set[str]:
+        return {row.name for row in client.rows("Bridge")}
+
+    with a.ns.entered():
+        with connect(socket) as first, connect(socket) as second:
+            assert first is not second  # no session: each use its own
+        with ovsdb_session():
+            with connect(socket) as first:
+                assert bridges(first) == set()
+            a.ovs.vsctl("add-br", "br-x", "--", "set", "bridge", "br-x", "datapath_type=netdev")
+            with connect(socket) as again:
+                assert again is first and bridges(again) == {"br-x"}  # kept, up to date
+            a.ovs.stop()
+            a.ovs.start()  # a new ovsdb-server on the same database
+            a.ovs.vsctl("add-br", "br-y", "--", "set", "bridge", "br-y", "datapath_type=netdev")
+            with connect(socket) as fresh:
+                assert fresh is not first and bridges(fresh) == {"br-x", "br-y"}
+            with pytest.raises(OvsdbError), connect(socket) as failed:
+                raise OvsdbError("a caller's failure")
+            assert failed is fresh
+            with connect(socket) as after:
+                assert after is not failed and bridges(after) == {"br-x", "br-y"}
