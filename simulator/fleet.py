@@ -240,11 +240,10 @@ class Sim:
 
     async def check_async(self, only: list[str] | None = None) -> list[CheckResult]:
         """The checks, each as soon as what it needs is there: reach and isolation once
-        the guests are attached; migration at once, then ports, then cloudstack, one after
-        the other: QEMU's and the libvirtd stand-in's listeners sit on ports the ports check
-        holds (a listener on every allowed port). Each check's own time (from its start,
-        not its wait) is kept in ``timings`` (they overlap); ``check`` is the wall time of
-        all of them."""
+        the guests are attached; migration and cloudstack at once; ports after both, whose
+        QEMU and libvirtd stand-in listen on ports the ports check holds (a listener on
+        every allowed port). Each check's own time (from its start, not its wait) is kept
+        in ``timings`` (they overlap); ``check`` is the wall time of all of them."""
         from simulator.checks.cloudstack import check_cloudstack
         from simulator.checks.isolation import check_isolation
         from simulator.checks.migration import check_migration
@@ -285,18 +284,15 @@ class Sim:
         tasks: dict[str, asyncio.Task[CheckResult]] = {}
         async with asyncio.TaskGroup() as tg:
             attached = tg.create_task(guests())
-            if "migration" in run:
-                tasks["migration"] = tg.create_task(timed("migration"))
+            for name in ("migration", "cloudstack"):
+                if name in run:
+                    tasks[name] = tg.create_task(timed(name))
+            listeners = list(tasks.values())  # QEMU's, the libvirtd stand-in's
             for name in ("reach", "isolation"):
                 if name in run:
                     tasks[name] = tg.create_task(timed(name, [attached]))
-            # QEMU's listener, then the ports check's (every allowed port), then the
-            # libvirtd stand-in's: each holds ports the next would take
-            listeners = [tasks[n] for n in ("migration",) if n in tasks]
-            for name in ("ports", "cloudstack"):
-                if name in run:
-                    tasks[name] = tg.create_task(timed(name, listeners))
-                    listeners = [tasks[name]]
+            if "ports" in run:
+                tasks["ports"] = tg.create_task(timed("ports", listeners))
         self.timings["check"] = time.monotonic() - t0
         return [tasks[n].result() for n in run]
 
