@@ -262,7 +262,9 @@ def _bindings(sim: Sim, where: Held) -> list[_Binding]:
         ]
         for ns, vlan, addresses in spaces:
             held = where.get(ns.name, {})
-            out += [_Binding(host, vlan, a, *held[a][::-1]) for a in addresses if a in held]
+            for a in (a for a in addresses if a in held):
+                ifindex, mac = held[a]
+                out.append(_Binding(host, vlan, a, mac, ifindex))
     return out
 
 
@@ -286,7 +288,10 @@ def _teach_host(host: SimHost, bindings: list[_Binding]) -> None:
     it came in on the NIC (a packet-out, ``NORMAL``), all in one bundle per bridge."""
     assert host.ovs is not None
     for nic, port in host.layout.nics.items():
-        bridge = host.ovs.vsctl("iface-to-br", nic).strip()
+        try:
+            bridge = host.ovs.vsctl("iface-to-br", nic).strip()
+        except OvsError:  # not on an OVS bridge (a Linux bridge's NIC): nothing to teach
+            continue
         frames = {
             (b.mac, b.vlan): _frame(b, port)
             for b in bindings
@@ -359,14 +364,14 @@ async def teach_bridges(sim: Sim, where: Held) -> None:
 
 
 async def check_reach(sim: Sim) -> CheckResult:
-    """Every bridge taught every address first (:func:`teach_bridges`), then two rounds. First the
-    pings that resolve by ARP: between neighbours on a ring (so every host and guest ARPs
-    and is ARPed on every VLAN) and every ping that must not reach (a leak shows as an
-    ARP answer). Then every other pair, over permanent neighbour entries installed for
-    this round and removed after it: the machine's ARP table holds 1024 dynamic entries
-    for every namespace together (``gc_thresh3``), fewer than 100 hosts' pairs need, and
-    permanent entries do not count. The hosts' pings to the broker go in the second round
-    too, over the entries the agents' own traffic made."""
+    """Every bridge taught every address first (:func:`teach_bridges`), then two rounds.
+    First the pings that resolve by ARP: between neighbours on a ring (so every host and
+    guest ARPs and is ARPed on every VLAN) and every ping that must not reach (a leak
+    shows as an ARP answer). Then every other pair, over permanent neighbour entries
+    installed for this round and removed after it: the machine's ARP table holds 1024
+    dynamic entries for every namespace together (``gc_thresh3``), fewer than 100 hosts'
+    pairs need, and permanent entries do not count. The hosts' pings to the broker go in
+    the second round too, over the entries the agents' own traffic made."""
     problems = await asyncio.to_thread(attach_guests, sim)  # pyroute2's sync API
     where = await asyncio.to_thread(held, sim)
     await teach_bridges(sim, where)
