@@ -17,8 +17,8 @@ for the simulator's start, stop and reboot).
 
 Protocol on the zygote's stdin/stdout: one JSON request per line, ``{"netns": PATH,
 "argv": [...], "env": {...}, "log": PATH}``; one line back, ``{"pid": N}`` or
-``{"error": "..."}``, as soon as it forked; :meth:`Zygote.spawn` returns once the child
-is in its namespace (or has died trying: its exit code says so, its log why).
+``{"error": "..."}``, once the child is in its namespace with its environment and log
+(or has died trying: its exit code says so, its log why).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,9 +150,7 @@ class Zygote:
             answer = self._answer(30.0)
         if "pid" not in answer:
             raise RuntimeError(f"the agents' zygote could not fork {argv}: {answer}")
-        agent = Forked(int(answer["pid"]), exit_file(log))
-        _until_inside(agent, netns)  # the zygote forks the next one meanwhile
-        return agent
+        return Forked(int(answer["pid"]), exit_file(log))
 
     def close(self) -> None:
         """Ends the zygote (its agents run on: they are stopped on their own)."""
@@ -167,25 +164,6 @@ class Zygote:
             self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-def _until_inside(agent: Forked, netns: Path, timeout: float = 30.0) -> None:
-    """Until ``agent`` is in ``netns`` (its ``/proc`` entry names that namespace) or has
-    ended (it could not enter it: the reason is in its log). Waited here, not by the
-    zygote: it answered at the fork, and a hundred agents' first steps no longer queue
-    behind one another (3.6 s of a 100-host ``up``)."""
-    try:
-        want = netns.stat().st_ino
-    except OSError:
-        want = None  # it cannot get there: it ends
-    deadline = time.monotonic() + timeout
-    while agent.poll() is None:
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{agent.pid}/ns/net").stat().st_ino == want:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"agent {agent.pid} not in {netns} after {timeout:g}s")
-        time.sleep(0.002)  # polling its namespace: there is no event for a setns
 
 
 def exit_file(log: Path) -> Path:
@@ -213,7 +191,7 @@ def _warm() -> Any:
     return bootstrap.cli.main
 
 
-def _child(request: dict[str, Any], main: Any) -> None:
+def _child(request: dict[str, Any], main: Any, ready: int) -> None:
     """In the fork: become the host's agent; never returns. Its stdin and stdout (the
     zygote's pipes) are replaced below, so the zygote alone holds them."""
     code = 1
@@ -239,6 +217,8 @@ def _child(request: dict[str, Any], main: Any) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
+        os.write(ready, b"1")
+        os.close(ready)
         gc.enable()  # the frozen heap stays frozen: collecting it would copy every page
         try:
             code = int(main(sys.argv[1:]) or 0)
@@ -273,13 +253,18 @@ def serve() -> None:
         try:
             request = json.loads(line)
             exit_file(Path(request["log"])).unlink(missing_ok=True)
+            ready_r, ready_w = os.pipe()
             pid = os.fork()
         except Exception as exc:  # a bad request is answered, never the end of the zygote
             answers.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
             answers.flush()
             continue
         if pid == 0:
-            _child(request, main)
+            os.close(ready_r)
+            _child(request, main, ready_w)
+        os.close(ready_w)
+        os.read(ready_r, 1)  # set up (or dead): the caller can look at it now
+        os.close(ready_r)
         answers.write(json.dumps({"pid": pid}) + "\n")
         answers.flush()
 
