@@ -115,7 +115,10 @@ def recording(fleet: Sim) -> Iterator[Callable[[], list[Status]]]:
         )
 
     def lines() -> list[tuple[str, Status]]:
-        rows = [line.split(" ", 1) for line in out.read_text().splitlines() if " " in line]
+        text = out.read_text()
+        # whole lines only: mosquitto_sub's buffered output can end mid-line as it is read
+        whole = text[: text.rfind("\n") + 1]
+        rows = [line.split(" ", 1) for line in whole.splitlines() if " " in line]
         return [(flag, json.loads(bytes.fromhex(x))) for flag, x in rows]
 
     def read() -> list[Status]:
