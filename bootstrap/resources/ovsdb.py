@@ -145,9 +145,9 @@ class OvsdbClient:
 
     def same_session(self) -> bool:
         """After :meth:`refresh`, whether the connection synced at the start is still the
-        one up: after a drop
-        the ``ovs`` library reconnects on its own and, until its new sync arrives, serves
-        the old replica. (Its ``Idl`` keeps the session private and has no such question.)"""
+        one up: after a drop the ``ovs`` library reconnects on its own and, until its new
+        sync arrives, serves the old replica. (Its ``Idl`` keeps the session private and
+        has no such question.)"""
         session = getattr(self.idl, "_session", None)
         if session is None:
             return False
@@ -251,7 +251,10 @@ def ovsdb_session() -> Iterator[None]:
 @contextmanager
 def connect(socket: Path, *, timeout: float = 10.0) -> Iterator[OvsdbClient]:
     """A connection to the server at ``socket``: the session's (brought up to date), a new
-    one if it lost the server, or, outside a session, one for the block."""
+    one if it lost the server, or, outside a session, one for the block. The kept one is
+    taken out while in use, so a second caller meanwhile gets its own, never a shared one;
+    a dead server is an :class:`OvsdbError` (at once without its socket, else at the
+    deadline)."""
     kept = _session.get()
     if kept is None:
         alone = OvsdbClient(socket, timeout=timeout)
