@@ -1,6 +1,6 @@
 """The fleet's agents forked from one warm interpreter, as Android starts its apps.
 
-Importing the agent (pydantic's models, pyroute2, paho, cryptography, every resource) costs
+Importing the agent (pydantic's models, pyroute2, paho, libsodium, every resource) costs
 0.4 CPU-s, and a fleet of 100 paid it 100 times while coming up: 42 of the 59 CPU-s of
 ``up`` on two cores. The zygote pays it once: it imports what ``csboot agent`` loads,
 freezes the heap (``gc.freeze``: a child's collector does not touch, so does not copy,

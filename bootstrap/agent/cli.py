@@ -66,21 +66,19 @@ def cmd_firstboot(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from bootstrap.files import atomic_write
-    from bootstrap.model.signing import private_key_bytes, public_key_text
+    from bootstrap.model.signing import generate_key, private_key_bytes, public_key_text
 
     out = Path(args.out)
     if out.exists() and not args.force:
         print(f"csboot: error: {out} exists (use --force to replace it)", file=sys.stderr)
         return 1
-    key = Ed25519PrivateKey.generate()
+    key = generate_key()
     import base64
 
     atomic_write(out, base64.b64encode(private_key_bytes(key)) + b"\n", mode=0o600)
     key_id = args.key_id or out.stem
-    entry = f"{key_id}:{public_key_text(key.public_key())}"
+    entry = f"{key_id}:{public_key_text(key.verify_key)}"
     atomic_write(out.with_name(out.name + ".pub"), entry.encode() + b"\n", mode=0o644)
     print(entry)
     return 0

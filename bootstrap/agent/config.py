@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bootstrap.agent.topics import DEFAULT_PREFIX, check_host, check_prefix, check_role
 from bootstrap.errors import ConfigError, SignatureError
 from bootstrap.model.payload import MAX_BYTES
-from bootstrap.model.signing import load_public_key
+from bootstrap.model.signing import PublicKey, load_public_key
 
 KNOWN_CHECKS = ("libvirt-listening", "time-synchronised", "cloudstack-agent")
 """Post-apply checks; ``time-synchronised`` only when the spec has ``time``."""
@@ -191,11 +190,11 @@ class AgentConfig(_Table):
             return self.checks
         return KNOWN_CHECKS if self.root == Path("/") else ()
 
-    def trusted(self) -> dict[str, Ed25519PublicKey]:
+    def trusted(self) -> dict[str, PublicKey]:
         return dict(_split_key(entry) for entry in self.trusted_keys)
 
 
-def _split_key(entry: str) -> tuple[str, Ed25519PublicKey]:
+def _split_key(entry: str) -> tuple[str, PublicKey]:
     key_id, sep, text = entry.partition(":")
     if not sep or not key_id.strip():
         raise ValueError(f"{entry[:20]!r}...: a trusted key is 'KEYID:BASE64'")

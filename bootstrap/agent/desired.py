@@ -36,13 +36,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from bootstrap.agent.topics import DEFAULT_PREFIX
 from bootstrap.errors import BootstrapError, InvalidDocument, StaleDocument
 from bootstrap.model.document import Document, parse_document
 from bootstrap.model.payload import MAX_BYTES
-from bootstrap.model.signing import verify
+from bootstrap.model.signing import PublicKey, verify
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ class Desired:
         self,
         roles: Sequence[str],
         host: str,
-        trusted: Mapping[str, Ed25519PublicKey],
+        trusted: Mapping[str, PublicKey],
         *,
         prefix: str = DEFAULT_PREFIX,
         max_bytes: int = MAX_BYTES,

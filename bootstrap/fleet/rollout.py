@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bootstrap.errors import RolloutError, RolloutLocked
 from bootstrap.fleet.connect import FleetConfig, client_id, connect
@@ -43,7 +42,7 @@ from bootstrap.fleet.waves import (
     split_waves,
 )
 from bootstrap.model.document import Document, RolloutSelector
-from bootstrap.model.signing import sign
+from bootstrap.model.signing import PrivateKey, sign
 from bootstrap.wire.status import MAX_VERSION, CheckItem
 from bootstrap.wire.text import printable
 
@@ -61,7 +60,7 @@ class Options:
     heartbeat: float = 5.0
     inventory: tuple[str, ...] = ()
     canaries: tuple[str, ...] = ()
-    key: Ed25519PrivateKey | None = None
+    key: PrivateKey | None = None
     key_id: str = ""
 
 

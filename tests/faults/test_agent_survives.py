@@ -11,10 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bootstrap.agent.desired import Desired, Rejection
-from bootstrap.model.signing import public_key_text
+from bootstrap.model.signing import generate_key, public_key_text
 from simulator.broker import Mosquitto
 from tests.faults.conftest import (
     HOST,
@@ -101,8 +100,8 @@ def test_ten_thousand_generated_payloads_on_one_live_agent(  # noqa: PLR0917
 ) -> None:
     """Unsigned junk is refused whatever it is (this agent trusts one key); then a signed
     pair of documents, published last on both topics, proves every payload was read."""
-    key = Ed25519PrivateKey.generate()
-    trusted = [f"ops:{public_key_text(key.public_key())}"]
+    key = generate_key()
+    trusted = [f"ops:{public_key_text(key.verify_key)}"]
     config = write_config(
         tmp_path / "agent.toml", [broker.url], root, trusted_keys=trusted, reject_interval=0.2
     )
@@ -116,7 +115,7 @@ def test_ten_thousand_generated_payloads_on_one_live_agent(  # noqa: PLR0917
     keys = ["roles/kvm", f"hosts/{HOST}"]
     items = [(topic_of(keys[i % 2]), p) for i, p in enumerate(payloads)]
     # what the agent must conclude, computed by the same bookkeeping on the same sequence
-    model = Desired(["kvm"], HOST, {"ops": key.public_key()}, prefix=PREFIX)
+    model = Desired(["kvm"], HOST, {"ops": key.verify_key}, prefix=PREFIX)
     model.offer("roles/kvm", first)
     model.commit(model.candidate())
     verdicts = [model.offer(keys[i % 2], p) for i, p in enumerate(payloads)]

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bootstrap.model.signing import public_key_text
+from bootstrap.model.signing import generate_key, public_key_text
 from simulator.broker import Mosquitto, free_port
 from tests.faults.conftest import (
     HOST,
@@ -69,8 +68,8 @@ def test_replay_and_junk_storms_neither_hold_a_valid_document_nor_abort_anything
     """Item 6: an old signed document re-sent every 10 ms (whitespace changed each time),
     then junk every 10 ms; a valid document published during each storm converges within
     the debounce plus a little, and the replays are ``stale``, never ``rejected``."""
-    key = Ed25519PrivateKey.generate()
-    trusted = [f"ops:{public_key_text(key.public_key())}"]
+    key = generate_key()
+    trusted = [f"ops:{public_key_text(key.verify_key)}"]
     config = write_config(
         tmp_path / "a.toml", [broker.url], root, trusted_keys=trusted, debounce=0.3
     )

@@ -11,12 +11,11 @@ import json
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bootstrap.agent.desired import Desired, Rejection
 from bootstrap.errors import MAX_MESSAGE, InvalidDocument, StaleDocument, TooLarge
 from bootstrap.model.document import parse_document
-from bootstrap.model.signing import sign
+from bootstrap.model.signing import generate_key, sign
 from tests.faults.payloads import doc, generated, reproductions
 
 HOST = "h1.lab"
@@ -88,8 +87,8 @@ def test_a_document_arriving_during_an_apply_stays_pending() -> None:
 
 def test_a_failed_version_is_not_retried_when_only_its_bytes_change() -> None:
     """Item 7: re-indented, re-signed or re-selected, v4 is the same failed v4."""
-    key = Ed25519PrivateKey.generate()
-    d = Desired(["kvm"], HOST, {"ops": key.public_key()}, prefix=PREFIX)
+    key = generate_key()
+    d = Desired(["kvm"], HOST, {"ops": key.verify_key}, prefix=PREFIX)
 
     def signed(version: int, indent: int | None = None, **extra: object) -> bytes:
         document = sign(parse_document({**doc(version), **extra}), "ops", key, prefix=PREFIX)
@@ -121,9 +120,9 @@ def test_replays_are_stale_not_invalid_and_redelivery_is_silent() -> None:
 
 
 def test_signatures_are_bound_to_the_prefix() -> None:
-    key = Ed25519PrivateKey.generate()
+    key = generate_key()
     staging = sign(parse_document(doc(2)), "ops", key, prefix="staging/bootstrap/v1")
-    d = Desired(["kvm"], HOST, {"ops": key.public_key()}, prefix=PREFIX)
+    d = Desired(["kvm"], HOST, {"ops": key.verify_key}, prefix=PREFIX)
     result = d.offer("roles/kvm", json.dumps(staging.to_json()).encode())
     assert isinstance(result, Rejection) and result.field == "signature.ed25519"
 

@@ -38,7 +38,7 @@ def signed(tmp_path: Path, doc: dict[str, Any], key: Path, key_id: str = "ops") 
 def raw_signed(doc: dict[str, Any], key: Path, key_id: str = "ops") -> dict[str, Any]:
     """Signed without validation (``csboot sign`` refuses invalid documents)."""
     private = load_private_key(key.read_bytes())
-    sig = base64.b64encode(private.sign(signed_bytes(doc, PREFIX))).decode()
+    sig = base64.b64encode(private.sign(signed_bytes(doc, PREFIX)).signature).decode()
     return {**doc, "signature": {"keyId": key_id, "ed25519": sig}}
 
 

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bootstrap.model.document import parse_document
-from bootstrap.model.signing import private_key_bytes, public_key_text, sign
+from bootstrap.model.signing import generate_key, private_key_bytes, public_key_text, sign
 from simulator.broker import Mosquitto, free_port
 from tests.mqtt.conftest import CSBOOT, PREFIX, AgentProcess, Client, role_doc, write_config
 
@@ -170,9 +169,9 @@ def start_fleet(
 ) -> Iterator[Fleet]:
     """Agents that trust only documents signed with the test key (``--sign`` below), all
     converged on a first version with ``port``."""
-    key = Ed25519PrivateKey.generate()
+    key = generate_key()
     (tmp / "ops.key").write_bytes(base64.b64encode(private_key_bytes(key)))
-    trusted = [f"{KEY_ID}:{public_key_text(key.public_key())}"]
+    trusted = [f"{KEY_ID}:{public_key_text(key.verify_key)}"]
     roster = {"hosts": {h: {"roles": ["kvm"]} for h in hosts}}  # who is in the rollout
     (tmp / "inventory.json").write_text(json.dumps(roster))
     with Mosquitto(tmp / "broker") as broker:

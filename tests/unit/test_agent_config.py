@@ -7,15 +7,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bootstrap.agent.config import Broker, dump_config, load_config, parse_config
 from bootstrap.errors import ConfigError
-from bootstrap.model.signing import public_key_text
+from bootstrap.model.signing import generate_key, public_key_text
 
 
 def key_entry(key_id: str = "ops-2026") -> str:
-    return f"{key_id}:{public_key_text(Ed25519PrivateKey.generate().public_key())}"
+    return f"{key_id}:{public_key_text(generate_key().verify_key)}"
 
 
 def test_contract_example_and_defaults(tmp_path: Path) -> None:

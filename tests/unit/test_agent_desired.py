@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from bootstrap.agent.desired import Desired, Rejection
 from bootstrap.agent.status import encode, status_document
 from bootstrap.agent.topics import Topics
 from bootstrap.engine.resource import Change
 from bootstrap.errors import InvalidDocument, SignatureError, StaleDocument
 from bootstrap.model.document import effective_spec, parse_document
-from bootstrap.model.signing import sign
+from bootstrap.model.signing import generate_key, sign
 
 PREFIX = "cloudstack/bootstrap/v1"
 
@@ -65,8 +63,8 @@ def test_rejections_carry_the_field() -> None:
 
 
 def test_signatures_when_keys_are_trusted() -> None:
-    key = Ed25519PrivateKey.generate()
-    d = Desired(["kvm"], "h1", {"ops": key.public_key()})
+    key = generate_key()
+    d = Desired(["kvm"], "h1", {"ops": key.verify_key})
     unsigned = d.offer("roles/kvm", doc("Role", "kvm", 1))
     assert isinstance(unsigned, Rejection) and isinstance(unsigned.error, SignatureError)
     signed = sign(parse_document(doc("Role", "kvm", 1)), "ops", key, prefix=PREFIX).to_json()

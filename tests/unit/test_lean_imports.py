@@ -119,3 +119,19 @@ print(built, _adapter.cache_info().misses)
     assert imported == "[]"
     built, after = map(int, adapters.split())
     assert built >= 5 and after == built  # no schema left to compile at the first apply
+
+
+def test_the_agent_verifies_signatures_without_cryptography() -> None:
+    """Ed25519 comes from libsodium (PyNaCl, ~1 MiB resident): ``cryptography`` (its own
+    OpenSSL, Rust bindings, serialization) held ~13 MiB of a 63 MiB agent. Nothing the
+    agent loads, warm-up included, may bring it back."""
+    out = _python(
+        "import importlib, sys\n"
+        "import bootstrap.cli, bootstrap.agent.daemon\n"
+        "from bootstrap.agent.daemon import WARM_MODULES\n"
+        "for name in (*WARM_MODULES, 'bootstrap.resources.openvswitch'):\n"
+        "    importlib.import_module(name)\n"
+        "from bootstrap.model.signing import generate_key, load_public_key\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))"
+    )
+    assert out == "[]"
