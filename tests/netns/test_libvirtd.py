@@ -100,8 +100,12 @@ def libvirtd(make_ns: Callable[[str], Namespace], tmp_path: Path) -> Iterator[An
         group.write_text(Path("/etc/group").read_text() + "libvirt-qemu:x:64055:\n")
         args = " ".join(libvirtd_args(root))
         script = (
-            "mount -t tmpfs csboot /run && mount -t tmpfs csboot /var && "
-            "mkdir -p /var/lib /var/cache /var/log && "
+            # /etc/libvirt may not exist here (libvirt-daemon without -system): an overlay
+            # on /etc, private to this mount namespace, gives it a mount point
+            "mount -t tmpfs csboot /run && mkdir -p /run/etc/upper /run/etc/work && "
+            "mount -t overlay csboot -o lowerdir=/etc,upperdir=/run/etc/upper,"
+            "workdir=/run/etc/work /etc && mkdir -p /etc/libvirt && "
+            "mount -t tmpfs csboot /var && mkdir -p /var/lib /var/cache /var/log && "
             f"mount --bind {root}/etc/libvirt /etc/libvirt && "
             f"mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && "
             f"exec libvirtd {args} --config /etc/libvirt/libvirtd.conf"
