@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey as PrivateKey
 from nacl.signing import VerifyKey as PublicKey
@@ -108,8 +109,16 @@ def _raw32(text: str | bytes, what: str, field: str) -> bytes:
 
 
 def load_public_key(text: str) -> PublicKey:
-    """``trusted_keys``' form: base64 of the 32 raw bytes."""
-    return PublicKey(_raw32(text, "public key", "trusted_keys"))
+    """``trusted_keys``' form: base64 of the 32 raw bytes, a point of the curve's main
+    subgroup (every real key is; a point of small order would verify forged signatures
+    under lax checkers, and libsodium would refuse every signature against it)."""
+    raw = _raw32(text, "public key", "trusted_keys")
+    if not crypto_core_ed25519_is_valid_point(raw):
+        raise SignatureError(
+            "not an Ed25519 public key: not a point of the curve's main subgroup",
+            field="trusted_keys",
+        )
+    return PublicKey(raw)
 
 
 def load_private_key(raw: bytes) -> PrivateKey:
