@@ -125,7 +125,7 @@ def test_signatures_interoperate_with_openssl() -> None:
         ("public", base64.b64encode(b"\1" * 33).decode()),
         ("public", "not base64!"),
         # 32 bytes but no key anyone could sign with: the identity point (small order),
-        # and y = 2^255 - 1, not a point on the curve at all
+        # and y = 2^255 - 1, which is not below the field's prime: no point's encoding
         ("public", base64.b64encode(b"\1" + bytes(31)).decode()),
         ("public", base64.b64encode(b"\xff" * 32).decode()),
         ("private", base64.b64encode(b"\1" * 64).decode()),
