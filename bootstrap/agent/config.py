@@ -201,7 +201,7 @@ def _split_key(entry: str) -> tuple[str, PublicKey]:
     try:
         return key_id.strip(), load_public_key(text)
     except SignatureError as exc:
-        raise ValueError(f"key {key_id!r}: {exc.message}") from exc
+        raise ValueError(f"key {key_id!r}: {exc.reason}") from exc
 
 
 def parse_config(data: Mapping[str, Any]) -> AgentConfig:

@@ -123,3 +123,12 @@ def test_plaintext_auth_only_when_allowed_and_then_loudly() -> None:
     config = parse_config({**data, "allow_plaintext_auth": True, "trusted_keys": [key_entry()]})
     assert config.warnings() == ["allow_plaintext_auth: the MQTT password is sent in clear"]
     assert parse_config({**data, "broker": "mqtts://x"}).auth is not None  # TLS: fine
+
+
+def test_a_bad_trusted_key_names_the_key_and_the_field_once() -> None:
+    identity = "AQ" + "A" * 41 + "="  # base64 of 1 then 31 zero bytes: a point of small order
+    with pytest.raises(ConfigError) as info:
+        parse_config({"broker": "mqtt://x", "trusted_keys": [f"ops:{identity}"]})
+    message = info.value.message
+    assert message.startswith("trusted_keys: key 'ops': not an Ed25519 public key"), message
+    assert message.count("trusted_keys") == 1, message
