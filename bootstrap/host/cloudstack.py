@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from bootstrap.engine.check import Check
 from bootstrap.errors import BootstrapError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.names import CLOUDSTACK_NIC_PATTERN
-from bootstrap.netlink import AsyncIPRoute
+from bootstrap.netlink import AsyncIPRoute, NetlinkError
 
 __all__ = ["AgentFacts", "Link", "OvsView", "evaluate", "gather", "run_cloudstack_checks"]
 
@@ -210,7 +211,27 @@ def _libvirt_port(host: HostRoot) -> int | None:
 
 
 def _listening() -> frozenset[int]:
-    """TCP ports in LISTEN in this network namespace (/proc/net follows the netns)."""
+    """TCP ports in LISTEN in this network namespace, as ``ss -ltn`` finds them: the
+    kernel's socket diagnostics (sock_diag), asked for LISTEN alone, walk only the
+    listening sockets. ``/proc/net/tcp`` walks every bucket of the machine's established
+    table however few sockets there are: 17 ms a call on this 24 GiB machine, in every
+    agent's check after every apply. /proc stays the fallback (no ``inet_diag``)."""
+    from pyroute2.netlink.diag import SS_LISTEN, DiagSocket  # not pyroute2's __init__: 6 MiB
+
+    ports: set[int] = set()
+    try:
+        with DiagSocket() as diag:
+            diag.bind()
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for msg in diag.get_sock_stats(family=family, states=1 << SS_LISTEN):
+                    ports.add(int(msg["idiag_sport"]))
+        return frozenset(ports)
+    except (OSError, NetlinkError):
+        return _listening_from_proc()
+
+
+def _listening_from_proc() -> frozenset[int]:
+    """The same from ``/proc/net/tcp{,6}`` (they follow the reader's netns)."""
     ports: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):

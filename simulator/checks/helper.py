@@ -1,8 +1,9 @@
 """The small programs the checks run inside host namespaces; run by path, stdlib only.
 
-They are started as ``python .../helper.py ...`` (not ``-m``), so they import neither our
-packages nor pydantic/pyroute2: in a TCG VM an interpreter with those imports takes many
-seconds to start, and the checks start dozens of these.
+They are started as ``python -I -S .../helper.py ...`` (not ``-m``), so they import neither
+our packages nor pydantic/pyroute2, nor even ``site`` (a third of the CPU: 12 ms a start
+against 35 on this machine): in a TCG VM an interpreter with those imports takes many
+seconds to start, and the checks start one of these per host.
 
     helper.py listen PORT...                 hold listening sockets until SIGTERM
 

@@ -77,8 +77,8 @@ async def check_ports(sim: Sim) -> CheckResult:
             fw = fws[host.name]
             if fw is None:
                 continue
-            proc = host.ns.popen(
-                [sys.executable, str(HELPER), "listen", *map(str, _ports(fw))],
+            proc = host.ns.popen(  # -I -S: stdlib only, no site (35 -> 12 ms of CPU each)
+                [sys.executable, "-I", "-S", str(HELPER), "listen", *map(str, _ports(fw))],
                 stdout=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
             )
