@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import socket
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +36,7 @@ from bootstrap.engine.check import Check
 from bootstrap.errors import BootstrapError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.names import CLOUDSTACK_NIC_PATTERN
-from bootstrap.netlink import AsyncIPRoute, NetlinkError
+from bootstrap.netlink import AsyncIPRoute
 
 __all__ = ["AgentFacts", "Link", "OvsView", "evaluate", "gather", "run_cloudstack_checks"]
 
@@ -42,6 +45,7 @@ LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 DEFAULTS = {"public.network.device": "cloudbr0", "private.network.device": "cloudbr1"}
 DEFAULT_TCP_PORT = 16509
 DEFAULT_TLS_PORT = 16514
+DIAG_TIMEOUT = 2.0  # seconds for the kernel to answer a sock_diag dump (it does at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,19 +219,55 @@ def _listening() -> frozenset[int]:
     kernel's socket diagnostics (sock_diag), asked for LISTEN alone, walk only the
     listening sockets. ``/proc/net/tcp`` walks every bucket of the machine's established
     table however few sockets there are: 17 ms a call on this 24 GiB machine, in every
-    agent's check after every apply. /proc stays the fallback (no ``inet_diag``)."""
-    from pyroute2.netlink.diag import SS_LISTEN, DiagSocket  # not pyroute2's __init__: 6 MiB
+    agent's check after every apply. /proc stays the fallback (no ``inet_diag``).
+
+    pyroute2's message classes over a plain socket, not its ``DiagSocket``: that one runs
+    an event loop of its own (this is called from the agent's), and a worker thread would
+    not be in the caller's namespace (the simulator's batch enters one per host)."""
+    from pyroute2.netlink import NETLINK_SOCK_DIAG, NLM_F_DUMP, NLM_F_REQUEST
+    from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, SS_LISTEN, inet_diag_req
 
     ports: set[int] = set()
     try:
-        with DiagSocket() as diag:
-            diag.bind()
-            for family in (socket.AF_INET, socket.AF_INET6):
-                for msg in diag.get_sock_stats(family=family, states=1 << SS_LISTEN):
-                    ports.add(int(msg["idiag_sport"]))
-        return frozenset(ports)
-    except (OSError, NetlinkError):
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
+            sock.settimeout(DIAG_TIMEOUT)
+            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+                req = inet_diag_req()
+                req["header"]["type"] = SOCK_DIAG_BY_FAMILY
+                req["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+                req["header"]["sequence_number"] = seq
+                req["sdiag_family"] = family
+                req["sdiag_protocol"] = socket.IPPROTO_TCP
+                req["idiag_states"] = 1 << SS_LISTEN
+                req.encode()
+                sock.send(req.data)
+                ports.update(_diag_ports(sock))
+    except OSError:
         return _listening_from_proc()
+    return frozenset(ports)
+
+
+def _diag_ports(sock: socket.socket) -> Iterator[int]:
+    """The local ports of one sock_diag dump's answers, up to its NLMSG_DONE."""
+    from pyroute2.netlink import NLMSG_DONE, NLMSG_ERROR
+    from pyroute2.netlink.diag import inet_diag_msg
+
+    while True:
+        data = sock.recv(65536)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, offset)
+            if kind == NLMSG_DONE:
+                return
+            if kind == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", data, offset + 16)
+                raise OSError(-code, "sock_diag refused the dump")
+            if length < 16:
+                raise OSError(errno.EPROTO, "sock_diag: a malformed answer")
+            msg = inet_diag_msg(data[offset : offset + length])
+            msg.decode()
+            yield int(msg["idiag_sport"])
+            offset += (length + 3) & ~3
 
 
 def _listening_from_proc() -> frozenset[int]:

@@ -4,6 +4,7 @@ socket's port, and agrees with /proc/net/tcp, the fallback."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
@@ -21,6 +22,10 @@ NamespaceFactory = Callable[[str], Namespace]
 
 def _no_fallback() -> frozenset[int]:
     raise AssertionError("sock_diag failed: /proc was read instead")
+
+
+async def _from_a_coroutine() -> frozenset[int]:
+    return _listening()
 
 
 @contextlib.contextmanager
@@ -49,8 +54,10 @@ def test_listeners_and_only_listeners(
             with monkeypatch.context() as m:  # sock_diag's answer, not the fallback's
                 m.setattr(cloudstack, "_listening_from_proc", _no_fallback)
                 found = _listening()
+                in_loop = asyncio.run(_from_a_coroutine())  # as the agent asks, in its loop
         assert found == {16509, 16514}
         assert client_port not in found
         assert found == from_proc
+        assert in_loop == found
     with ns.inside():
         assert _listening() == frozenset()  # closed: nothing listens any more
