@@ -262,7 +262,7 @@ def _diag_ports(sock: socket.socket) -> Iterator[int]:
             if kind == NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", data, offset + 16)
                 raise OSError(-code, "sock_diag refused the dump")
-            if length < 16:
+            if length < 16 or offset + length > len(data):
                 raise OSError(errno.EPROTO, "sock_diag: a malformed answer")
             msg = inet_diag_msg(data[offset : offset + length])
             msg.decode()
