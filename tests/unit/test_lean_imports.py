@@ -30,6 +30,18 @@ def test_netlink_classes_come_without_pyroute2s_whole_package() -> None:
     assert out.splitlines() == ["pyroute2.iproute.linux False False", "pyroute2.ndb.main True"]
 
 
+def test_the_cloudstack_checks_listening_ports_keep_pyroute2s_package_away() -> None:
+    """sock_diag's message classes only (a read of this namespace's sockets, nothing set):
+    ``from pyroute2 import DiagSocket`` would bring the whole package, ~6 MiB, into every
+    agent that runs its post-apply checks."""
+    out = _python(
+        "import sys\nfrom bootstrap.host.cloudstack import _listening\n"
+        "ports = _listening()\n"
+        "print(type(ports).__name__, 'pyroute2.ndb.main' in sys.modules)"
+    )
+    assert out == "frozenset False"
+
+
 def test_an_already_imported_pyroute2_is_left_as_it_is() -> None:
     out = _python(
         "import pyroute2, sys\nfull = sys.modules['pyroute2']\n"
