@@ -44,6 +44,7 @@ PROBE_NET = ipaddress.IPv4Network("172.31.0.0/16")
 EXPECTED_DEADLINE = 15.0  # seconds an expected path may take to answer
 LEAK_DEADLINE = 2.5  # seconds a forbidden path is given to answer (ARP retries at 1 s)
 LEARN_WAIT = 10.0  # seconds the switch is given to learn the bindings it is taught
+LEAK_SOURCES = 8  # hosts whose peers get the pings that must not reach (all up to 8 hosts)
 
 
 def guest_addresses(
@@ -171,10 +172,18 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
     answers, so a silent ping across VLANs means the VLANs are apart, not a dead
     address), across VLANs they must *not*. Pinging every pair's probe addresses too
     proved nothing the VLAN's own subnet had not (the same guests, the same frames'
-    path) and was 40 % of the pings at 100 hosts. An
-    expected path keeps asking for EXPECTED_DEADLINE (a loaded machine answers late; a real
-    fault fails anyway); a reply where none is allowed fails at once: one leak is a leak,
-    and LEAK_DEADLINE covers the ARP retries that would find it.
+    path) and was 40 % of the pings at 100 hosts.
+
+    The pings that must not reach go from the first LEAK_SOURCES hosts to their peers
+    (every peer pair up to 8 hosts). Each is an ARP request the switch floods to *every*
+    host carrying its VLAN, so each one crosses every host's bridges: a host that joins
+    two VLANs answers any of them, whoever sent it and whoever is asked for (and the
+    isolation check names it). One per peer pair at 100 hosts was 200 floods through
+    every host, three times each (the kernel's retries), for the same finding.
+
+    An expected path keeps asking for EXPECTED_DEADLINE (a loaded machine answers late; a
+    real fault fails anyway); a reply where none is allowed fails at once: one leak is a
+    leak, and LEAK_DEADLINE covers the ARP retries that would find it.
     """
     pings: list[_Ping] = []
     rows: list[Row] = []
@@ -189,6 +198,7 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
     ring = {(hosts[i].name, hosts[(i + 1) % n].name) for i in range(n)}
     arp = {frozenset(p) for p in ring}  # these pairs resolve by ARP; see check_reach
     peers = {frozenset((a.name, b.name)) for a, b in sim.layout.peers()}
+    leak_sources = {h.name for h in hosts[:LEAK_SOURCES]}
     for a, b in pairs:
         ha, hb = sim.hosts[a.name], sim.hosts[b.name]
         pings.append(
@@ -227,7 +237,7 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
             pings.append(_Ping(gb.ns, dst, subject, True, both, group, src, ga.ns, by_arp))
         for a, b in sim.layout.peers():
             ga = sim.hosts[a.name].guests.get(vlan)
-            if ga is None:
+            if ga is None or a.name not in leak_sources:
                 continue
             for w, gw in sim.hosts[b.name].guests.items():
                 if w != vlan:

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from simulator.checks import CheckResult
-from simulator.checks.reach import attach_guests, held, teach_bridges
-from simulator.fabric import BINDINGS_TABLE, SWITCH_BRIDGE
+from simulator.checks.reach import _plan, attach_guests, held, teach_bridges
+from simulator.fabric import BINDINGS_TABLE, SWITCH_BRIDGE, no_offload
 from simulator.fleet import STATE_DIR, Sim
-from simulator.namespaces import Namespace, ours
+from simulator.namespaces import Namespace, link_up, ours
 from simulator.pytest_plugin import SimFactory
 from tests.sim.marks import FLEET
 
@@ -246,6 +246,43 @@ def test_broken_net_fails_exactly_the_right_checks(sim: SimFactory) -> None:
     assert results["ports"].hosts == ["kvm3"]  # no 49200
     assert [r.detail for r in results["ports"].failed] == ["closed: 49200"] * 2
     assert results["isolation"].ok
+
+
+def test_a_host_joining_two_vlans_is_found_though_no_leak_ping_involves_it(
+    sim: SimFactory, tmp_path: Path
+) -> None:
+    """Beyond 8 hosts only the first hosts' peers get the pings that must not reach: each
+    is a flood through every host, so a host in none of them that joins VLANs 200 and 300
+    (a cable between two access ports of its bridge) is still found, by reach and by
+    isolation, and nothing that should reach stops reaching."""
+    net = yaml.safe_load((REPO / "nets/scale-100.yaml").read_text())
+    net["hosts"]["count"] = 10
+    net["name"] = "leak-10"
+    path = tmp_path / "leak.yaml"
+    path.write_text(yaml.safe_dump(net))
+    fleet = sim(path)
+    assert all(r.ok for r in fleet.rollout_rows), fleet.rollout_rows
+    culprit = list(fleet.hosts.values())[-1]  # the tenth: no leak ping from or to it
+    attach_guests(fleet)
+    leak_pings = [p for p in _plan(fleet, {})[0] if not p.expect]
+    assert leak_pings and all(culprit.name not in p.hosts for p in leak_pings)
+    with culprit.ns.iproute() as ipr:
+        ipr.link("add", ifname="leak200", kind="veth", peer="leak300")
+    for end in ("leak200", "leak300"):
+        with culprit.ns.inside():
+            link_up(end)
+        no_offload(culprit.ns, end)
+    assert culprit.ovs is not None
+    culprit.ovs.vsctl(
+        "add-port", "cloudbr", "leak200", "tag=200", "--",
+        "add-port", "cloudbr", "leak300", "tag=300",
+    )  # fmt: skip
+    results = _by_name(fleet.check(["reach", "isolation"]))
+    failed = results["reach"].failed
+    assert failed and all("-/->" in r.subject for r in failed), failed
+    assert {r.detail for r in failed} == {"reaches (unexpected)"}
+    assert not results["isolation"].ok
+    assert culprit.name in results["isolation"].hosts
 
 
 def test_down_after_a_crash_leaves_nothing(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The reach check's plan (which pings, expecting what), without a fleet: every pair of
 hosts on management and on each VLAN's own subnet; the shared subnet between the peers only,
-answered on a VLAN both carry and silent across VLANs (issue 11)."""
+answered on a VLAN both carry; silent across VLANs from the first hosts to their peers
+(issue 11)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from simulator.checks.reach import _plan, guest_addresses
+from simulator.checks.reach import LEAK_SOURCES, _plan, guest_addresses
 from simulator.hosts import Guest
 from simulator.namespaces import Namespace
 from simulator.nets import parse_net
@@ -73,7 +74,7 @@ def test_every_pair_reaches_on_management_and_on_each_vlans_own_subnet(hosts: in
 
 
 @pytest.mark.parametrize("hosts", [6, 12])
-def test_the_shared_subnet_answers_between_peers_and_is_silent_across_vlans(hosts: int) -> None:
+def test_the_shared_subnet_answers_between_peers_on_a_vlan_both_carry(hosts: int) -> None:
     sim, kinds = _kinds(hosts)
     vlans = sim.layout.reach_vlans()
     peers = {frozenset((a.name, b.name)) for a, b in sim.layout.peers()}
@@ -85,9 +86,23 @@ def test_the_shared_subnet_answers_between_peers_and_is_silent_across_vlans(host
     assert shared_ok == peers  # every probe address answers: silence across VLANs means L2
     for pair in peers:
         assert kinds[("shared", True, pair)] == len(vlans)
-    leaks = [(pair, n) for (k, ok, pair), n in kinds.items() if k == "shared" and not ok]
-    # from each VLAN of one to each other VLAN of the other, for each ordered peer pair
-    # (both ways up to 8 hosts; the ring's one way beyond)
-    per_pair = (2 if hosts <= 8 else 1) * len(vlans) * (len(vlans) - 1)
-    assert {pair for pair, _ in leaks} == peers
-    assert all(n == per_pair for _, n in leaks)
+
+
+@pytest.mark.parametrize("hosts", [6, 12, 100])
+def test_pings_that_must_not_reach_go_from_the_first_hosts_to_their_peers(hosts: int) -> None:
+    """Each is a flood through every host carrying its VLAN, so a few find a host that
+    joins two VLANs wherever it is: from each VLAN of the first LEAK_SOURCES hosts to each
+    other VLAN of their peers (every ordered pair up to 8 hosts, the ring's next beyond)."""
+    sim = _sim(hosts)
+    pings, _ = _plan(sim, {})
+    vlans = sim.layout.reach_vlans()
+    leaks = Counter(p.hosts for p in pings if not p.expect)
+    assert all(p.address.startswith("172.31.") for p in pings if not p.expect)
+    sources = [h.name for h in sim.layout.hosts[:LEAK_SOURCES]]
+    ordered = {(a.name, b.name) for a, b in sim.layout.peers() if a.name in sources}
+    assert set(leaks) == ordered
+    assert all(n == len(vlans) * (len(vlans) - 1) for n in leaks.values())
+    if hosts <= LEAK_SOURCES:  # small fleets: every ordered pair, both ways
+        assert len(leaks) == hosts * (hosts - 1)
+    else:  # beyond: a fixed number of floods, not one per host
+        assert len(leaks) == LEAK_SOURCES
