@@ -97,7 +97,9 @@ def test_pings_that_must_not_reach_go_from_the_first_hosts_to_their_peers(hosts:
     pings, _ = _plan(sim, {})
     vlans = sim.layout.reach_vlans()
     leaks = Counter(p.hosts for p in pings if not p.expect)
-    assert all(p.address.startswith("172.31.") for p in pings if not p.expect)
+    # the shared subnet, by ARP (a leak shows as an answer to a flooded request; a
+    # neighbour entry installed for the ping would send it to one MAC, past the leak)
+    assert all(p.address.startswith("172.31.") and p.arp for p in pings if not p.expect)
     sources = [h.name for h in sim.layout.hosts[:LEAK_SOURCES]]
     ordered = {(a.name, b.name) for a, b in sim.layout.peers() if a.name in sources}
     assert set(leaks) == ordered
