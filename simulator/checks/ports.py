@@ -8,7 +8,7 @@ exactly one peer in a big fleet. With ``policy: drop`` the out-of-list port must
 The expected list is the *role's* firewall (the intent), never the host overlay.
 
 The listeners are :mod:`simulator.checks.helper` processes inside the host namespaces;
-the connects are :mod:`simulator.checks.prober`'s, from sockets made in the source host.
+the probes are :mod:`simulator.checks.prober`'s SYNs, from a raw socket made in the source host.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = ["OUTSIDE_PORT", "check_ports", "expected_firewall"]
 
 OUTSIDE_PORT = 8080
 HELPER = Path(__file__).with_name("helper.py")
-CONNECT_TIMEOUT = 1.5  # seconds per connect; a failed one is retried three times slower
+CONNECT_TIMEOUT = 1.5  # seconds a port has to answer; a failed one is asked again 3x slower
 
 
 def expected_firewall(sim: Sim, host: str) -> Firewall | None:

@@ -1,0 +1,70 @@
+"""The simulator's TCP probes (the ports check), between two namespaces of their own: a SYN
+answered by a SYN-ACK is open, by a RST closed at once, by nothing closed after the
+probe's time; a target without a route fails alone; no handshake is ever completed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from simulator.checks.prober import TcpProbe, tcp_all
+from simulator.namespaces import Namespace, veth_pair
+
+pytestmark = pytest.mark.root
+
+NamespaceFactory = Callable[[str], Namespace]
+SOURCE, TARGET, NOBODY = "10.9.0.1", "10.9.0.2", "10.9.0.99"
+
+
+@pytest.fixture
+def pair(make_ns: NamespaceFactory) -> tuple[Namespace, Namespace]:
+    source, target = make_ns("src"), make_ns("dst")
+    veth_pair(source, "eth0", target, "eth0")
+    for ns, address in ((source, SOURCE), (target, TARGET)):
+        with ns.iproute() as ipr:
+            (idx,) = ipr.link_lookup(ifname="eth0")
+            ipr.addr("add", index=idx, address=address, prefixlen=24)
+    return source, target
+
+
+@contextlib.contextmanager
+def listening(ns: Namespace, ports: list[int]) -> Iterator[list[socket.socket]]:
+    with ns.inside():
+        socks = [socket.create_server((TARGET, port)) for port in ports]
+    try:
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_open_closed_silent_and_unroutable(pair: tuple[Namespace, Namespace]) -> None:
+    source, target = pair
+    with listening(target, [2222, 2223]) as socks:
+        probes = [
+            TcpProbe(source, TARGET, 2222, 5.0),
+            TcpProbe(source, TARGET, 2223, 5.0),
+            TcpProbe(source, TARGET, 2224, 5.0),  # nobody listens: a RST
+            TcpProbe(source, NOBODY, 2222, 0.3, retry=False),  # no answer at all
+            TcpProbe(source, "192.0.2.1", 2222, 0.3),  # no route from the source
+            TcpProbe(source, TARGET, 2222, 5.0),  # asked twice: answered twice
+        ]
+        loop = asyncio.new_event_loop()
+        try:
+            t0 = loop.time()
+            got = loop.run_until_complete(tcp_all(probes))
+            took = loop.time() - t0
+        finally:
+            loop.close()
+        assert got == [True, True, False, False, False, True]
+        # the RST is the answer: nothing waited out its 5 s (the silent probe took 0.3 s)
+        assert took < 5.0
+        # a SYN scan: the source's kernel reset each half-open connection, none was made
+        for s in socks:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.accept()
