@@ -34,7 +34,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from simulator.fabric import in_netns
 from simulator.namespaces import Namespace
@@ -82,18 +82,23 @@ async def in_namespace(ns: Namespace, make: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_POOL, entered)
 
 
-async def in_namespaces(
-    jobs: Iterable[tuple[Namespace, Callable[[], socket.socket]]],
-) -> list[socket.socket]:
+class _Closes(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closes)
+
+
+async def in_namespaces(jobs: Iterable[tuple[Namespace, Callable[[], C]]]) -> list[C]:
     """Each ``make()`` run inside its namespace, all in one trip to a worker thread.
 
     A trip costs two hand-offs of the GIL, up to its switch interval (5 ms) each while
     other threads compute: one trip per namespace took 4-5 s for reach's 300 at 100 hosts.
-    If one fails, the sockets already made are closed."""
+    If one fails, what was already made is closed."""
     jobs = list(jobs)
 
-    def made() -> list[socket.socket]:
-        out: list[socket.socket] = []
+    def made() -> list[C]:
+        out: list[C] = []
         try:
             for ns, make in jobs:
                 with in_netns(ns):
@@ -377,9 +382,10 @@ def _syn(source: bytes, target: bytes, sport: int, dport: int) -> bytes:
     return head[:16] + struct.pack("!H", _checksum(pseudo + head)) + head[18:]
 
 
-def _raw_tcp(targets: Sequence[str]) -> tuple[socket.socket, dict[str, bytes]]:
-    """A raw TCP socket in this thread's namespace, and the source address its routing
-    picks for each target that has a route (the SYN's checksum covers it)."""
+def _scanner(name: str, targets: Sequence[str]) -> _Scanner:
+    """A raw TCP socket in this thread's namespace (``name``), a source port, and the
+    source address its routing picks for each target that has a route (the SYN's checksum
+    covers it)."""
     sources: dict[str, bytes] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         for target in targets:
@@ -389,7 +395,7 @@ def _raw_tcp(targets: Sequence[str]) -> tuple[socket.socket, dict[str, bytes]]:
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
     s.setblocking(False)
-    return s, sources
+    return _Scanner(name, s, SYN_PORTS[0] + secrets.randbelow(SYN_PORTS[1] - SYN_PORTS[0]), sources)
 
 
 @dataclass(slots=True)
@@ -402,6 +408,9 @@ class _Scanner:
     sources: dict[str, bytes]
     answer: Callable[[tuple[str, str, int], bool], None] = lambda _key, _ok: None
 
+    def close(self) -> None:
+        self.sock.close()
+
     def readable(self) -> None:
         """Every TCP segment the namespace receives: a SYN-ACK to our port is open, a RST
         closed; anything else (the agents' own connections) is not ours."""
@@ -410,8 +419,8 @@ class _Scanner:
                 data = self.sock.recv(2048)
             except (BlockingIOError, InterruptedError):
                 return
-            ihl = (data[0] & 0x0F) * 4
-            if len(data) < ihl + 14:
+            ihl = (data[0] & 0x0F) * 4 if data else 0
+            if ihl < 20 or len(data) < ihl + 14:  # not an IPv4 header and a TCP one's ports
                 continue
             sport, dport = struct.unpack_from("!HH", data, ihl)
             if dport != self.sport:
@@ -445,15 +454,11 @@ async def tcp_all(probes: Sequence[TcpProbe], *, limit: int = SYN_WINDOW) -> lis
     for p in probes:
         targets[p.ns.name].add(p.address)
     loop = asyncio.get_running_loop()
-    scanners: dict[str, _Scanner] = {}
+    jobs = [(ns, functools.partial(_scanner, n, sorted(targets[n]))) for n, ns in spaces.items()]
+    scanners = {sc.name: sc for sc in await in_namespaces(jobs)}  # one trip for all
     try:
-        for name, ns in spaces.items():
-            sock, sources = await in_namespace(
-                ns, functools.partial(_raw_tcp, sorted(targets[name]))
-            )
-            sport = SYN_PORTS[0] + secrets.randbelow(SYN_PORTS[1] - SYN_PORTS[0])
-            scanners[name] = _Scanner(name, sock, sport, sources)
-            loop.add_reader(sock.fileno(), scanners[name].readable)
+        for sc in scanners.values():
+            loop.add_reader(sc.sock.fileno(), sc.readable)
         scan = functools.partial(
             _scan, probes=first, scanners=scanners, answers=answers, limit=limit
         )
@@ -462,7 +467,7 @@ async def tcp_all(probes: Sequence[TcpProbe], *, limit: int = SYN_WINDOW) -> lis
     finally:
         for scanner in scanners.values():
             loop.remove_reader(scanner.sock.fileno())
-            scanner.sock.close()
+            scanner.close()
     return [answers[(p.ns.name, p.address, p.port)] for p in probes]
 
 

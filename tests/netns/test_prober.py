@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -68,3 +69,35 @@ def test_open_closed_silent_and_unroutable(pair: tuple[Namespace, Namespace]) ->
             s.setblocking(False)
             with pytest.raises(BlockingIOError):
                 s.accept()
+
+
+def test_the_scanner_skips_what_is_not_an_answer_to_it() -> None:
+    """Segments from the wire: empty, truncated, a bad header length, another port's, then
+    one SYN-ACK and one RST to its port; only those two are answers."""
+    from simulator.checks.prober import _Scanner
+
+    ours, wire = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    seen: list[tuple[tuple[str, str, int], bool]] = []
+    scanner = _Scanner("ns", ours, 20001, {}, lambda key, ok: seen.append((key, ok)))
+
+    def segment(sport: int, dport: int, flags: int, ihl: int = 5) -> bytes:
+        ip = bytes([0x40 | ihl]) + bytes(11) + socket.inet_aton(TARGET) + bytes(4)
+        return ip + bytes(max(0, ihl * 4 - 20)) + struct.pack("!HH8xBB", sport, dport, 0x50, flags)
+
+    for junk in (
+        b"",
+        b"\x45",
+        segment(80, 20001, 0x12)[:30],
+        segment(80, 20001, 0x12, ihl=2),
+        segment(80, 20001, 0x12, ihl=15)[:40],
+        segment(80, 20002, 0x12),
+        b"\xff" * 4000,
+    ):
+        wire.send(junk)
+    wire.send(segment(2222, 20001, 0x12))  # SYN-ACK
+    wire.send(segment(2224, 20001, 0x14))  # RST-ACK
+    scanner.readable()
+    assert seen == [(("ns", TARGET, 2222), True), (("ns", TARGET, 2224), False)]
+    scanner.close()
+    wire.close()
