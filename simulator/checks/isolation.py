@@ -22,7 +22,6 @@ import time
 from typing import TYPE_CHECKING
 
 from simulator.checks import CheckResult, Row
-from simulator.checks.helper import ETHERTYPE, marker
 from simulator.checks.prober import close_packet_sockets, in_namespace, packet_socket
 from simulator.checks.reach import attach_guests
 from simulator.fabric import in_netns
@@ -32,6 +31,13 @@ if TYPE_CHECKING:
     from simulator.fleet import Sim
 
 __all__ = ["check_isolation"]
+
+ETHERTYPE = 0x88B5  # IEEE local experimental
+
+
+def marker(token: str, sender: str, vlan: int) -> bytes:
+    return f"CSBSIM:{token}:{sender}:{vlan}:".encode()
+
 
 ETH_P_ALL = 0x0003
 MAX_SENDERS = 4

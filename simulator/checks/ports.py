@@ -7,14 +7,19 @@ exactly one peer in a big fleet. With ``policy: drop`` the out-of-list port must
 
 The expected list is the *role's* firewall (the intent), never the host overlay.
 
-The listeners are :mod:`simulator.checks.helper` processes inside the host namespaces;
-the probes are :mod:`simulator.checks.prober`'s SYNs, from a raw socket made in the source host.
+The listeners are held by :mod:`simulator.checks.helper` processes, as few as this
+machine's open-file limit allows (two at 100 hosts), each entering its hosts' namespaces in
+turn; the probes are :mod:`simulator.checks.prober`'s SYNs, from a raw socket made in the
+source host.
 """
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
+import contextlib
+import resource
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +35,7 @@ __all__ = ["OUTSIDE_PORT", "check_ports", "expected_firewall"]
 
 OUTSIDE_PORT = 8080
 HELPER = Path(__file__).with_name("helper.py")
+FILES_SPARE = 128  # files a helper keeps for itself (the interpreter's own, its pipes)
 CONNECT_TIMEOUT = 1.5  # seconds a port has to answer; a failed one is asked again 3x slower
 
 
@@ -65,44 +71,86 @@ def _compact(ports: list[int]) -> str:
     return ",".join(out)
 
 
+def batches(wanted: list[tuple[str, list[int]]], per: int) -> list[list[tuple[str, list[int]]]]:
+    """Hosts' ports in as few groups as hold at most ``per`` sockets each, about the same
+    size (the helpers start together on the machine's cores). A host's ports stay together;
+    one with more than ``per`` cannot be held (its helper says which port it could not)."""
+    total = sum(len(ports) for _, ports in wanted)
+    n = max(1, -(-total // per))
+    while True:
+        out: list[list[tuple[str, list[int]]]] = [[] for _ in range(n)]
+        sizes = [0] * n
+        for netns, ports in wanted:
+            i = sizes.index(min(sizes))
+            out[i].append((netns, ports))
+            sizes[i] += len(ports)
+        if max(sizes) <= per or n >= len(wanted):
+            return [group for group in out if group]
+        n += 1
+
+
+class ListenError(Exception):
+    """A helper could not hold a port (someone else's, most likely)."""
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    wanted: list[tuple[str, list[int]]], *, per: int | None = None
+) -> AsyncIterator[None]:
+    """Listeners on each namespace's ports for the block, from as few helper processes as
+    the open-file limit allows (``per`` sockets each), started together; all stopped when
+    the block ends, however it ends."""
+    if per is None:
+        per = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FILES_SPARE)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for group in batches(wanted, per):
+            args = [arg for netns, ports in group for arg in (netns, _compact(ports))]
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    *(sys.executable, "-I", "-S", str(HELPER), "listen", *args),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            )
+        said = [await proc.stdout.readline() for proc in procs if proc.stdout is not None]
+        errors = [line.decode(errors="replace").strip() for line in said if line != b"ready\n"]
+        if errors:
+            raise ListenError("; ".join(e or "a listener exited" for e in errors))
+        yield
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs:
+            await proc.wait()
+
+
 async def check_ports(sim: Sim) -> CheckResult:
     result = CheckResult("ports")
     fws = {name: expected_firewall(sim, name) for name in sim.hosts}
     if all(fw is None for fw in fws.values()):
         result.skipped = "no role manages the firewall"
         return result
-    listeners: list[subprocess.Popen[bytes]] = []
+    wanted = [(h.ns.name, _ports(fws[h.name])) for h in sim.hosts.values() if fws[h.name]]
+    pairs = [(a, b) for a, b in sim.layout.peers() if fws[b.name] is not None]
+    probes = [
+        TcpProbe(
+            sim.hosts[a.name].ns,
+            str(b.mgmt.ip),
+            port,
+            CONNECT_TIMEOUT,
+            retry=not _expected_closed(fws[b.name], port),
+        )
+        for a, b in pairs
+        for port in _ports(fws[b.name])
+    ]
     try:
-        for host in sim.hosts.values():
-            fw = fws[host.name]
-            if fw is None:
-                continue
-            proc = host.ns.popen(  # -I -S: stdlib only, no site (35 -> 12 ms of CPU each)
-                [sys.executable, "-I", "-S", str(HELPER), "listen", *map(str, _ports(fw))],
-                stdout=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-            )
-            listeners.append(proc)
-        for proc in listeners:
-            assert proc.stdout is not None
-            proc.stdout.readline()  # "ready"
-        pairs = [(a, b) for a, b in sim.layout.peers() if fws[b.name] is not None]
-        probes = [
-            TcpProbe(
-                sim.hosts[a.name].ns,
-                str(b.mgmt.ip),
-                port,
-                CONNECT_TIMEOUT,
-                retry=not _expected_closed(fws[b.name], port),
-            )
-            for a, b in pairs
-            for port in _ports(fws[b.name])
-        ]
-        answers = iter(await tcp_all(probes))
-    finally:
-        for proc in listeners:
-            proc.terminate()
-            proc.wait()
+        async with listening(wanted):
+            answers = iter(await tcp_all(probes))
+    except ListenError as exc:  # a port another program holds: nothing to judge by
+        result.rows.append(Row("listeners", False, str(exc), (), "ports"))
+        return result
     for a, b in pairs:
         fw = fws[b.name]
         assert fw is not None

@@ -1,6 +1,7 @@
 """The simulator's TCP probes (the ports check), between two namespaces of their own: a SYN
 answered by a SYN-ACK is open, by a RST closed at once, by nothing closed after the
-probe's time; a target without a route fails alone; no handshake is ever completed."""
+probe's time; a target without a route fails alone; no handshake is ever completed. The
+ports check's listeners: helper processes holding ports in many namespaces each."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from simulator.checks.ports import ListenError, batches, listening
 from simulator.checks.prober import TcpProbe, tcp_all
 from simulator.namespaces import Namespace, veth_pair
 
@@ -33,7 +35,7 @@ def pair(make_ns: NamespaceFactory) -> tuple[Namespace, Namespace]:
 
 
 @contextlib.contextmanager
-def listening(ns: Namespace, ports: list[int]) -> Iterator[list[socket.socket]]:
+def held(ns: Namespace, ports: list[int]) -> Iterator[list[socket.socket]]:
     with ns.inside():
         socks = [socket.create_server((TARGET, port)) for port in ports]
     try:
@@ -45,7 +47,7 @@ def listening(ns: Namespace, ports: list[int]) -> Iterator[list[socket.socket]]:
 
 def test_open_closed_silent_and_unroutable(pair: tuple[Namespace, Namespace]) -> None:
     source, target = pair
-    with listening(target, [2222, 2223]) as socks:
+    with held(target, [2222, 2223]) as socks:
         probes = [
             TcpProbe(source, TARGET, 2222, 5.0),
             TcpProbe(source, TARGET, 2223, 5.0),
@@ -69,6 +71,50 @@ def test_open_closed_silent_and_unroutable(pair: tuple[Namespace, Namespace]) ->
             s.setblocking(False)
             with pytest.raises(BlockingIOError):
                 s.accept()
+
+
+def test_helpers_hold_ports_in_every_namespace_they_are_given_until_the_block_ends(
+    pair: tuple[Namespace, Namespace],
+) -> None:
+    source, target = pair
+    back = [TcpProbe(source, TARGET, 2222, 5.0), TcpProbe(source, TARGET, 2223, 5.0)]
+    back += [TcpProbe(target, SOURCE, 2300, 5.0), TcpProbe(target, SOURCE, 2301, 5.0)]
+    wanted = [(target.name, [2222]), (source.name, [2300]), (source.name, [2301])]
+    wanted += [(target.name, [2223])]
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        # four sockets, at most two a helper: two helpers, each in both namespaces
+        async with listening(wanted, per=2):
+            during = await tcp_all(back)
+        return during, await tcp_all(back)
+
+    during, after = asyncio.run(scenario())
+    assert during == [True, True, True, True]
+    assert after == [False, False, False, False]  # let go: each answered by a RST
+
+
+def test_a_port_someone_holds_is_named_and_nothing_stays_held(
+    pair: tuple[Namespace, Namespace],
+) -> None:
+    source, target = pair
+
+    async def scenario() -> None:
+        async with listening([(target.name, [2222, 2223, 2224])]):
+            raise AssertionError("listening despite a taken port")
+
+    taken = rf"error {target.name}: port 2223: Address already in use"
+    with held(target, [2223]), pytest.raises(ListenError, match=taken):
+        asyncio.run(scenario())
+    assert asyncio.run(tcp_all([TcpProbe(source, TARGET, 2222, 5.0)])) == [False]
+
+
+def test_batches_are_even_and_within_the_limit() -> None:
+    wanted = [(f"h{i}", list(range(271))) for i in range(100)]  # 100 hosts' allowed ports
+    groups = batches(wanted, 19_872)
+    assert [sum(len(p) for _, p in g) for g in groups] == [13_550, 13_550]
+    assert sorted(n for g in groups for n, _ in g) == sorted(n for n, _ in wanted)
+    assert len(batches(wanted, 271)) == 100
+    assert batches([("big", list(range(50)))], 10) == [[("big", list(range(50)))]]
 
 
 def test_the_scanner_skips_what_is_not_an_answer_to_it() -> None:
