@@ -132,7 +132,8 @@ async def check_ports(sim: Sim) -> CheckResult:
     if all(fw is None for fw in fws.values()):
         result.skipped = "no role manages the firewall"
         return result
-    wanted = [(h.ns.name, _ports(fws[h.name])) for h in sim.hosts.values() if fws[h.name]]
+    held = [h for h in sim.hosts.values() if fws[h.name] is not None]
+    wanted = [(h.ns.name, _ports(fws[h.name])) for h in held]
     pairs = [(a, b) for a, b in sim.layout.peers() if fws[b.name] is not None]
     probes = [
         TcpProbe(
