@@ -200,17 +200,22 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
     arp = {frozenset(p) for p in ring}  # these pairs resolve by ARP; see check_reach
     peers = {frozenset((a.name, b.name)) for a, b in sim.layout.peers()}
     leak_sources = {h.name for h in hosts[:LEAK_SOURCES]}
+    # each address as text once, not once per pair (~15,000 pairs at 100 hosts)
+    mgmt = {h.name: str(h.mgmt.ip) for h in hosts}
+    guests = [(h.name, v, g) for h in sim.hosts.values() for v, g in h.guests.items()]
+    own_ip = {(name, v): str(g.address.ip) for name, v, g in guests}
+    probe_ip = {(name, v): str(g.probe.ip) for name, v, g in guests}
     for a, b in pairs:
         ha, hb = sim.hosts[a.name], sim.hosts[b.name]
         pings.append(
             _Ping(
                 ha.ns,
-                str(b.mgmt.ip),
+                mgmt[b.name],
                 f"{a.name} -> {b.name} mgmt",
                 True,
                 (a.name, b.name),
                 "mgmt",
-                str(a.mgmt.ip),
+                mgmt[a.name],
                 hb.ns,
                 frozenset((a.name, b.name)) in arp,
             )
@@ -229,12 +234,12 @@ def _plan(sim: Sim, problems: dict[tuple[str, int], str]) -> tuple[list[_Ping], 
                 continue
             by_arp = frozenset(both) in arp
             subject = f"{a.name} -> {b.name} vlan {vlan}"
-            src, dst = str(ga.address.ip), str(gb.address.ip)
+            src, dst = own_ip[(a.name, vlan)], own_ip[(b.name, vlan)]
             pings.append(_Ping(ga.ns, dst, subject, True, both, group, src, gb.ns, by_arp))
             if frozenset(both) not in peers:
                 continue
             subject = f"{b.name} -> {a.name} vlan {vlan} (shared subnet)"
-            src, dst = str(gb.probe.ip), str(ga.probe.ip)
+            src, dst = probe_ip[(b.name, vlan)], probe_ip[(a.name, vlan)]
             pings.append(_Ping(gb.ns, dst, subject, True, both, group, src, ga.ns, by_arp))
         for a, b in sim.layout.peers():
             ga = sim.hosts[a.name].guests.get(vlan)
