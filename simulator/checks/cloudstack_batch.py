@@ -15,9 +15,7 @@ listener). Prints one JSON line per host: ``{"ns": ..., "checks": [...]}`` or
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -25,22 +23,11 @@ from pathlib import Path
 from bootstrap.errors import BootstrapError
 from bootstrap.host.cloudstack import run_cloudstack_checks
 from bootstrap.host.root import HostRoot
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _enter(netns: str) -> None:
-    fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {netns}")
-    finally:
-        os.close(fd)
+from simulator.checks.helper import enter
 
 
 def check_one(netns: str, root: str, port: int) -> dict[str, object]:
-    _enter(netns)
+    enter(netns)
     listener = None
     if port:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

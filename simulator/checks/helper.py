@@ -6,9 +6,10 @@ PORTS is a comma list of ports and ranges (``22,1798,5900-6100``). The process e
 namespace in turn (``setns``) and makes its listening sockets there: a socket stays in the
 namespace it was made in, whichever namespace its process is in later. Nobody accepts:
 for a listening socket the kernel answers a SYN with a SYN-ACK, which is all the prober's
-SYNs ask. Prints ``ready`` once every socket is held and holds them until SIGTERM; a port
-it cannot take ends it at once with ``error NETNS: port N: REASON`` (status 1), so nothing
-is left half-held.
+SYNs ask. Prints ``ready`` once every socket is held and holds them until SIGTERM or until
+its standard input closes (the simulator holds the other end: if the simulator dies, so
+does this); a port it cannot take ends it at once with ``error NETNS: port N: REASON``
+(status 1), so nothing is left half-held.
 
 Why a process at all: a process holds only as many files as its limit (20,000 here, which
 the simulator cannot raise without ``CAP_SYS_RESOURCE``), and 100 hosts' allowed ports are
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
 import socket
 import sys
 
@@ -38,6 +38,7 @@ def ports(spec: str) -> list[int]:
 
 
 def enter(netns: str) -> None:
+    """This thread into the named network namespace (``ip netns``'s name)."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY)
     try:
@@ -70,8 +71,8 @@ def listen(pairs: list[tuple[str, str]]) -> int:
             print(f"error {netns}: {exc.strerror if isinstance(exc, OSError) else exc}")
             return 1
     print("ready", flush=True)
-    while True:  # until SIGTERM
-        signal.pause()
+    sys.stdin.buffer.read()  # until SIGTERM, or EOF: the simulator is gone
+    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ __all__ = ["OUTSIDE_PORT", "check_ports", "expected_firewall"]
 OUTSIDE_PORT = 8080
 HELPER = Path(__file__).with_name("helper.py")
 FILES_SPARE = 128  # files a helper keeps for itself (the interpreter's own, its pipes)
+READY_TIMEOUT = 120.0  # seconds for every helper to hold its ports; only a stuck one hits it
 CONNECT_TIMEOUT = 1.5  # seconds a port has to answer; a failed one is asked again 3x slower
 
 
@@ -109,11 +110,15 @@ async def listening(
             procs.append(
                 await asyncio.create_subprocess_exec(
                     *(sys.executable, "-I", "-S", str(HELPER), "listen", *args),
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=asyncio.subprocess.PIPE,  # its lifeline: closed, the helper exits
                     stdout=asyncio.subprocess.PIPE,
                 )
             )
-        said = [await proc.stdout.readline() for proc in procs if proc.stdout is not None]
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                said = [await p.stdout.readline() for p in procs if p.stdout is not None]
+        except TimeoutError:
+            raise ListenError(f"a listener did not start within {READY_TIMEOUT:g}s") from None
         errors = [line.decode(errors="replace").strip() for line in said if line != b"ready\n"]
         if errors:
             raise ListenError("; ".join(e or "a listener exited" for e in errors))
@@ -132,12 +137,15 @@ async def check_ports(sim: Sim) -> CheckResult:
     if all(fw is None for fw in fws.values()):
         result.skipped = "no role manages the firewall"
         return result
-    held = [h for h in sim.hosts.values() if fws[h.name] is not None]
-    wanted = [(h.ns.name, _ports(fws[h.name])) for h in held]
-    pairs = [(a, b) for a, b in sim.layout.peers() if fws[b.name] is not None]
-    # per target once, not per port: 27,100 probes at 100 hosts, built on the event loop
-    # that runs reach's probes beside this check
-    targets = {h.name: (str(h.layout.mgmt.ip), _ports(fws[h.name])) for h in held}
+    # each target's address and ports once, not per probe: 27,100 probes at 100 hosts,
+    # built on the event loop that runs reach's probes beside this check
+    targets = {
+        h.name: (str(h.layout.mgmt.ip), _ports(fw))
+        for h in sim.hosts.values()
+        if (fw := fws[h.name]) is not None
+    }
+    wanted = [(sim.hosts[name].ns.name, ports) for name, (_, ports) in targets.items()]
+    pairs = [(a, b) for a, b in sim.layout.peers() if b.name in targets]
     probes = [
         TcpProbe(
             sim.hosts[a.name].ns,

@@ -9,11 +9,13 @@ import asyncio
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from simulator.checks.ports import ListenError, batches, listening
+from simulator.checks.ports import HELPER, ListenError, batches, listening
 from simulator.checks.prober import TcpProbe, tcp_all
 from simulator.namespaces import Namespace, veth_pair
 
@@ -106,6 +108,27 @@ def test_a_port_someone_holds_is_named_and_nothing_stays_held(
     with held(target, [2223]), pytest.raises(ListenError, match=taken):
         asyncio.run(scenario())
     assert asyncio.run(tcp_all([TcpProbe(source, TARGET, 2222, 5.0)])) == [False]
+
+
+def test_a_helper_whose_simulator_is_gone_lets_go(pair: tuple[Namespace, Namespace]) -> None:
+    """Its standard input is its lifeline: when the simulator's end closes (a simulator
+    killed mid-check), the helper exits and its ports close, with nobody to SIGTERM it."""
+    source, target = pair
+    helper = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(HELPER), "listen", target.name, "2222"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert helper.stdout is not None and helper.stdout.readline() == b"ready\n"
+        assert asyncio.run(tcp_all([TcpProbe(source, TARGET, 2222, 5.0)])) == [True]
+        assert helper.stdin is not None
+        helper.stdin.close()
+        assert helper.wait(10) == 0
+        assert asyncio.run(tcp_all([TcpProbe(source, TARGET, 2222, 5.0)])) == [False]
+    finally:
+        helper.kill()
+        helper.wait()
 
 
 def test_batches_are_even_and_within_the_limit() -> None:
