@@ -213,8 +213,16 @@ def _statuses(
                 if len(final) >= hosts:
                     return
     finally:
-        proc.terminate()
-        proc.wait()
+        stop_watch(proc)
+
+
+def stop_watch(proc: subprocess.Popen[Any]) -> None:
+    """Stop a ``mosquitto_sub`` with SIGKILL. SIGTERM can deadlock it: its handler calls
+    ``mosquitto_disconnect_v5``, which waits for the library's mutex that the interrupted
+    loop already holds (seen in CI, 2026-12-05: a rollout's wait hung for 12 minutes on it).
+    A watcher holds a clean session and only reads, so nothing is lost by killing it."""
+    proc.kill()
+    proc.wait()
 
 
 def wait_connected(broker: BrokerHandle, layout: Layout, *, timeout: float) -> list[str]:

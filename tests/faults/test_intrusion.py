@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from simulator.broker import BrokerError, Mosquitto, free_port
+from simulator.rollout import stop_watch
 from tests.mqtt.conftest import CSBOOT, PREFIX
 
 pytestmark = pytest.mark.mqtt
@@ -88,8 +89,7 @@ class Served:
                 time.sleep(0.05)
             yield lines
         finally:
-            proc.terminate()
-            proc.wait(5)
+            stop_watch(proc)
 
     def barrier(self, lines: Callable[[], list[str]]) -> None:
         """Everything published before this has reached the witness."""

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from simulator.broker import Mosquitto
+from simulator.rollout import stop_watch
 
 REPO = Path(__file__).resolve().parents[2]
 CSBOOT = REPO / ".venv" / "bin" / "csboot"
@@ -125,8 +126,7 @@ class Client:
                 time.sleep(0.1)
             yield read
         finally:
-            proc.terminate()
-            proc.wait(5)
+            stop_watch(proc)
 
 
 def write_config(path: Path, brokers: Sequence[str], root: Path, **extra: Any) -> Path:

@@ -24,6 +24,7 @@ import pytest
 from bootstrap.model.document import parse_document
 from bootstrap.model.signing import generate_key, private_key_bytes, public_key_text, sign
 from simulator.broker import Mosquitto, free_port
+from simulator.rollout import stop_watch
 from tests.mqtt.conftest import CSBOOT, PREFIX, AgentProcess, Client, role_doc, write_config
 
 pytestmark = pytest.mark.mqtt
@@ -118,8 +119,7 @@ class Fleet:
                 time.sleep(0.05)
             yield read
         finally:
-            proc.terminate()
-            proc.wait(5)
+            stop_watch(proc)
 
     def version(self) -> int:
         doc = self.client.retained(ROLE_TOPIC)
@@ -313,8 +313,7 @@ def test_killed_controller_resumes_without_reapplying(fleet: Fleet) -> None:
                 proc.send_signal(signal.SIGKILL)
                 break
     finally:
-        watch.terminate()
-        watch.wait(5)
+        stop_watch(watch)
     proc.wait(5)
     time.sleep(0.5)  # let in-flight hosts finish: they count as converged before the restart
     st = fleet.statuses()
