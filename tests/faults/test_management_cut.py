@@ -55,7 +55,10 @@ class Switch:
     def status(self, host: str) -> dict[str, Any] | None:
         argv = ["mosquitto_sub", *self._base(), "-t", f"{PREFIX}/hosts/{host}/status"]
         argv += ["--retained-only", "-C", "1", "-W", "1"]
-        out = self.ns.run(argv, check=False, capture_output=True, text=True)
+        try:  # -W's alarm can deadlock mosquitto_sub (simulator.rollout.stop_watch): retried
+            out = self.ns.run(argv, check=False, capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
         return json.loads(out.stdout.splitlines()[0]) if out.stdout.strip() else None
 
     def wait(self, host: str, pred: Callable[[dict[str, Any]], bool], timeout: float) -> Any:

@@ -56,7 +56,7 @@ def test_runs_inside_a_namespace(tmp_path: Path, make_ns: NamespaceFactory) -> N
         pub = ["mosquitto_pub", "-p", str(mosq.port), "-r", "-t", "in/ns", "-m", "hello"]
         ns.run(pub, capture_output=True)
         sub = ["mosquitto_sub", "-p", str(mosq.port), "-t", "in/ns", "-C", "1", "-W", "2"]
-        assert ns.run(sub, capture_output=True, text=True).stdout.strip() == "hello"
+        assert ns.run(sub, capture_output=True, text=True, timeout=10).stdout.strip() == "hello"
         # the machine's own namespace cannot reach it
         outside = subprocess.run(sub, check=False, capture_output=True, text=True)
         assert outside.returncode != 0
