@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.fleet.acl import Account, Inventory, acl_text
+from bootstrap.wire.jsonguard import load_bounded
+from bootstrap.wire.status import MAX_DEPTH, MAX_STATUS_BYTES
 from simulator.broker import Mosquitto
 from simulator.hosts import PREFIX
 from simulator.namespaces import Namespace
@@ -202,8 +204,10 @@ def _statuses(
             for line in lines:
                 topic, _, hexload = line.decode("ascii", "replace").strip().partition(" ")
                 host = topic.split("/")[-2] if topic.count("/") >= 2 else ""
-                try:
-                    status = json.loads(bytes.fromhex(hexload))
+                try:  # a host's status is the wire's: bounded as the fleet tools bound it
+                    status = load_bounded(
+                        bytes.fromhex(hexload), max_bytes=MAX_STATUS_BYTES, max_depth=MAX_DEPTH
+                    )
                 except ValueError:
                     continue
                 if not isinstance(status, dict):
