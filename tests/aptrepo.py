@@ -45,6 +45,15 @@ def _key(home: Path, uid: str) -> str:
     return _gpg(home, "--armor", "--export").decode()
 
 
+def stop_agent(home: Path) -> None:
+    """The gpg-agent that gpg started for ``home`` (it outlives gpg, and the test)."""
+    subprocess.run(
+        ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+        check=False,
+        capture_output=True,
+    )
+
+
 SHIPPED_LIBVIRTD_CONF = "# libvirtd.conf as the package ships it\n#listen_tcp = 1\n"
 
 
@@ -82,6 +91,8 @@ def build_repo(base: Path, package: str = "cloudstack-agent", version: str = "4.
     key = _key(home, "csboot test repo <repo@example.org>")
     _gpg(home, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release"))
     other = _key(base / "gnupg-other", "someone else <other@example.org>")
+    for name in ("gnupg", "gnupg-other"):
+        stop_agent(base / name)
     return Repo(url=f"file:{repo}", key=key, other_key=other)
 
 

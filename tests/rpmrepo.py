@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.aptrepo import UNIT, Repo
+from tests.aptrepo import UNIT, Repo, stop_agent
 
 SPEC = """Name: cloudstack-agent
 Version: 4.20.0
@@ -61,6 +61,8 @@ def build_rpm_repo(base: Path) -> Repo:
         "--addsign", str(repo / rpm.name),
     )  # fmt: skip
     _run("createrepo_c", "-q", str(repo))
+    for name in ("gnupg", "gnupg-other"):
+        stop_agent(base / name)
     return Repo(url=f"file://{repo}", key=keys[0], other_key=keys[1])
 
 
