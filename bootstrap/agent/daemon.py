@@ -10,7 +10,8 @@ Rules that keep it alive whatever arrives:
 
 - intake (:meth:`Agent._on_message`) never takes the host lock and never raises: it
   sorts a payload into a pending document or a rejection and wakes the converge loop;
-- only *accepted* documents start or extend the debounce; rejections (invalid, replayed,
+- only *accepted* documents start or extend the debounce, and a burst that brought every
+  document the host reads ends it at once; rejections (invalid, replayed,
   stale) are reported from the converge loop between applies, at most one status per
   ``reject_interval`` (the rest are counted in the event), so a replay storm can
   neither hold a valid document nor flood the broker;
@@ -272,14 +273,20 @@ class Agent:
 
     async def _settle(self) -> None:
         """Until no document was accepted for ``debounce`` (rejections do not count), at
-        most :data:`SETTLE_MAX`."""
+        most :data:`SETTLE_MAX`; at once when the burst is complete (every document the
+        host reads is pending: a first boot, a rollout of the roles and the overlay
+        together), as nothing the debounce waits for is left to come."""
         loop = asyncio.get_running_loop()
         limit = loop.time() + max(SETTLE_MAX, self.config.debounce)
-        while True:
+        while not self.desired.complete():
             left = min(self._last_accept + self.config.debounce, limit) - loop.time()
             if left <= 0:
                 return
-            await asyncio.sleep(left)
+            # woken by the next document (it may complete the burst) or by a refusal,
+            # reported right after this wait
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._attention.wait(), left)
+            self._attention.clear()
 
     async def _apply_pending(self) -> bool | None:
         """Converge in-force + pending; None when nothing was pending."""

@@ -183,6 +183,11 @@ class Desired:
         have = self.candidate()
         return [k for k in self.keys if k.startswith("roles/") and k not in have]
 
+    def complete(self) -> bool:
+        """Every document this host reads (each role's and its own overlay) arrived anew and
+        waits to be applied: a burst has nothing left to bring."""
+        return all(k in self.pending for k in self.keys)
+
     def candidate(self) -> dict[str, Document]:
         """What the host would run if the pending documents were applied."""
         return {**self.in_force, **self.pending}

@@ -145,3 +145,17 @@ def test_rollout_selector_waves() -> None:
     assert d.offer("roles/kvm", wave(["h1", "h2", "h3"])) is None
     assert d.offer("roles/kvm", wave(None)) is None
     assert d.versions() == {"roles": {"kvm": 4}, "host": None}
+
+
+def test_a_burst_is_complete_when_every_document_the_host_reads_is_pending() -> None:
+    d = Desired(["kvm", "storage"], "h1", {})
+    assert not d.complete()
+    d.offer("roles/kvm", doc("Role", "kvm", 1, hypervisor="kvm"))
+    d.offer("hosts/h1", doc("Host", "h1", 1))
+    assert not d.complete()  # a role the host lists has not come
+    d.offer("roles/storage", doc("Role", "storage", 1))
+    assert d.complete()
+    d.commit(d.candidate())
+    assert not d.complete()  # applied: nothing pending
+    d.offer("roles/kvm", doc("Role", "kvm", 2, hypervisor="kvm"))
+    assert not d.complete()  # a role alone: its overlay may follow within the debounce
