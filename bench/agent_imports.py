@@ -44,9 +44,8 @@ PYDANTIC = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection")
 LIGHT_MODULES = ["asyncio", "ssl", "json", "logging", "tomllib", "aiomqtt", "nacl.signing"]
 KEPT = ("session", "desired", "status", "config", "cache", "notify", "topics")
 LIGHT_CODE = [
-    *(f"bootstrap.agent.{m}" for m in ("session", "desired", "status", "topics", "notify")),
-    *(f"bootstrap.agent.{m}" for m in ("cache", "config", "daemon", "cli")),
     "bootstrap.agent",
+    *(f"bootstrap.agent.{m}" for m in (*KEPT, "daemon", "cli")),
     *(f"bootstrap.{m}" for m in ("cli", "errors", "lazy", "files")),
     *(f"bootstrap.wire.{m}" for m in ("status", "jsonguard", "text")),
     *(f"bootstrap.model.{m}" for m in ("document", "payload", "signing", "names", "merge")),

@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def mininet(hosts: int, *, static_arp: bool = True) -> dict[str, Any]:
     }
 
 
-def median_run(runs: list[dict[str, Any]], seconds: Any) -> dict[str, Any]:
+def median_run(
+    runs: list[dict[str, Any]], seconds: Callable[[dict[str, Any]], float]
+) -> dict[str, Any]:
     """The run whose ``seconds(run)`` is the median (the lower middle for an even count):
     a real run, so its phases add up, not a mix of medians."""
     middle = statistics.median_low(seconds(r) for r in runs)
@@ -283,7 +286,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.write:
         write(Path(args.write), text)
-    ok = all(run["ok"] for r in rows for run in r["runs"])
+    ok = all(each["ok"] for r in rows for each in r["runs"])
     return 0 if ok else 1
 
 

@@ -88,11 +88,13 @@ def build_repo(base: Path, package: str = "cloudstack-agent", version: str = "4.
         f"Date: {formatdate(usegmt=True)}\nSHA256:\n {digest} {len(index)} Packages\n"
     )
     home = base / "gnupg"
-    key = _key(home, "csboot test repo <repo@example.org>")
-    _gpg(home, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release"))
-    other = _key(base / "gnupg-other", "someone else <other@example.org>")
-    for name in ("gnupg", "gnupg-other"):
-        stop_agent(base / name)
+    try:
+        key = _key(home, "csboot test repo <repo@example.org>")
+        _gpg(home, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release"))
+        other = _key(base / "gnupg-other", "someone else <other@example.org>")
+    finally:  # also when a step failed: the agents outlive the test otherwise
+        for name in ("gnupg", "gnupg-other"):
+            stop_agent(base / name)
     return Repo(url=f"file:{repo}", key=key, other_key=other)
 
 

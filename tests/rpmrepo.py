@@ -48,21 +48,24 @@ def build_rpm_repo(base: Path) -> Repo:
     (rpm,) = (top / "RPMS").rglob("*.rpm")
     shutil.copy(rpm, repo)
     keys: list[str] = []
-    for name in ("gnupg", "gnupg-other"):
-        home = base / name
-        home.mkdir(mode=0o700)
-        gpg = ["gpg", "--homedir", str(home), "--batch", "--passphrase", ""]
-        _run(*gpg, "--quick-gen-key", f"csboot rpm {name} <{name}@example.org>", "rsa2048", "sign")
-        keys.append(_run(*gpg, "--armor", "--export").decode())
-    _run(
-        "rpmsign", "--define", "__gpg /usr/bin/gpg", "--define", "_gpg_name csboot rpm gnupg",
-        "--define", f"_gpg_path {base / 'gnupg'}",
-        "--define", "_gpg_sign_cmd_extra_args --batch --pinentry-mode loopback --passphrase ''",
-        "--addsign", str(repo / rpm.name),
-    )  # fmt: skip
-    _run("createrepo_c", "-q", str(repo))
-    for name in ("gnupg", "gnupg-other"):
-        stop_agent(base / name)
+    try:
+        for name in ("gnupg", "gnupg-other"):
+            home = base / name
+            home.mkdir(mode=0o700)
+            gpg = ["gpg", "--homedir", str(home), "--batch", "--passphrase", ""]
+            uid = f"csboot rpm {name} <{name}@example.org>"
+            _run(*gpg, "--quick-gen-key", uid, "rsa2048", "sign")
+            keys.append(_run(*gpg, "--armor", "--export").decode())
+        _run(
+            "rpmsign", "--define", "__gpg /usr/bin/gpg", "--define", "_gpg_name csboot rpm gnupg",
+            "--define", f"_gpg_path {base / 'gnupg'}",
+            "--define", "_gpg_sign_cmd_extra_args --batch --pinentry-mode loopback --passphrase ''",
+            "--addsign", str(repo / rpm.name),
+        )  # fmt: skip
+        _run("createrepo_c", "-q", str(repo))
+    finally:  # also when a step failed: the agents outlive the test otherwise
+        for name in ("gnupg", "gnupg-other"):
+            stop_agent(base / name)
     return Repo(url=f"file://{repo}", key=keys[0], other_key=keys[1])
 
 
