@@ -6,8 +6,10 @@ Each round builds a fresh host namespace (ovsdb-server + ovs-vswitchd, netdev da
 a veth ``eth0``) for each contender, then times the first full apply (OVS trunk and fake
 bridges, the management address and route, the firewall, the libvirt files) and a second,
 no-op, apply: ``csboot apply`` of nets/scale-100.yaml's KVM role and host document, the
-engine alone (in-process, as the agent runs it: no interpreter start-up), and
-``bench/seed_apply.sh`` (the seed's commands; idempotent, so its second run is its no-op).
+engine alone (in-process: no interpreter start-up; fresh, and with its modules imported),
+the agent's worker (forked per apply from a process holding what the agent holds, as on
+a real host), and ``bench/seed_apply.sh`` (the seed's commands; idempotent, so its
+second run is its no-op).
 Prints medians; everything it made is removed.
 """
 
@@ -27,20 +29,20 @@ REPO = Path(__file__).resolve().parents[1]
 NET = REPO / "nets/scale-100.yaml"
 
 
-def inner(root: str, role: str, host: str, warm: str = "") -> None:
-    """Inside the host's namespace: the engine's converge, first and again, in seconds.
-    ``warm``: the resource modules imported beforehand (as in an agent that already ran)."""
-    if warm:  # what the agent's warm-up does once READY
-        import importlib
+def inner(root: str, role: str, host: str, mode: str = "") -> None:
+    """Inside the host's namespace: the first converge and a second one, in seconds.
+    ``mode``: "" the engine in a fresh process, importing on the way; ``warm`` the engine
+    with every module imported beforehand (the simulator's agents, forked warm); ``worker``
+    in a worker forked at the apply from a process holding only what the agent holds,
+    importing the engine on the way (``bootstrap.agent.worker``); ``early`` as a real
+    host's agent runs it: that worker forked when the documents arrive, given its job
+    once the agent's default debounce has passed (timed from then)."""
+    if mode == "warm":
+        import simulator.zygote
 
-        from bootstrap.agent.daemon import WARM_MODULES
-        from bootstrap.engine.resource import prepare_adapters
-
-        for name in (*WARM_MODULES, "bootstrap.resources.openvswitch"):
-            importlib.import_module(name)
-        prepare_adapters()
-    from bootstrap.converge import Options, converge
-    from bootstrap.host.root import HostRoot
+        simulator.zygote._warm()
+    elif mode in ("worker", "early"):
+        import bootstrap.agent.daemon  # noqa: F401  (the resident agent's imports)
     from bootstrap.model.document import effective_spec, parse_document
 
     docs = [parse_document(Path(p).read_bytes()) for p in (role, host)]
@@ -48,7 +50,22 @@ def inner(root: str, role: str, host: str, warm: str = "") -> None:
     times = []
     for _ in range(2):
         t = time.monotonic()
-        _plan, outcome = asyncio.run(converge(spec, HostRoot(Path(root)), Options()))
+        if mode in ("worker", "early"):
+            from bootstrap.agent.config import AgentConfig
+            from bootstrap.agent.worker import Job, Worker
+
+            job = Job("converge", root, spec=spec.model_dump(mode="json"))
+            hand = Worker(root)
+            if mode == "early":
+                hand.spawn()
+                time.sleep(AgentConfig.model_fields["debounce"].default)  # the agent's wait
+                t = time.monotonic()
+            outcome = asyncio.run(hand.run(job, lambda *_: None))
+        else:
+            from bootstrap.converge import Options, converge
+            from bootstrap.host.root import HostRoot
+
+            _plan, outcome = asyncio.run(converge(spec, HostRoot(Path(root)), Options()))
         times.append(time.monotonic() - t)
         assert outcome.ok, outcome.error
     print(json.dumps(times))
@@ -81,9 +98,9 @@ def round_trip(kind: str, docs: tuple[Path, Path]) -> list[float]:
                     out.append(time.monotonic() - t)
                 return out
             role, host = map(str, docs)
-            if kind in ("engine", "warm"):
+            if kind in ("engine", "warm", "worker", "early"):
                 argv = [sys.executable, __file__, "--inner", str(root), role, host]
-                argv += ["warm"] if kind == "warm" else []
+                argv += [] if kind == "engine" else [kind]
                 done = ns.run(argv, env=env, capture_output=True, text=True)
                 times: list[float] = json.loads(done.stdout)
                 return times
@@ -122,6 +139,8 @@ def main() -> int:
         "csboot apply": [],
         "engine": [],
         "engine, modules loaded": [],
+        "a worker forked at the apply": [],
+        "the agent: a worker forked as the documents arrive": [],
         "seed": [],
     }
     with tempfile.TemporaryDirectory(prefix="csboot-bench-docs-") as tmp:
@@ -132,6 +151,8 @@ def main() -> int:
                 ("cli", "csboot apply"),
                 ("engine", "engine"),
                 ("warm", "engine, modules loaded"),
+                ("worker", "a worker forked at the apply"),
+                ("early", "the agent: a worker forked as the documents arrive"),
                 ("seed", "seed"),
             ):
                 results[key].append(round_trip(kind, docs))

@@ -40,7 +40,7 @@ class Options:
 
 
 def journal_for(host: HostRoot) -> Journal:
-    return Journal(host.state_dir / "journal.json")
+    return Journal(host.journal_path)
 
 
 def probes_for(spec: Spec, extra: Sequence[Probe] = ()) -> list[Probe]:

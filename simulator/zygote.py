@@ -179,12 +179,12 @@ def _warm() -> Any:
 
     import bootstrap.agent.daemon
     import bootstrap.cli
+    from bootstrap.agent.worker import WARM
     from bootstrap.resources import MODULES
 
-    for name in MODULES:
-        importlib.import_module(name)
-    with contextlib.suppress(ImportError):
-        import nftables  # noqa: F401
+    for name in (*MODULES, *WARM):  # what the agents' workers import, forked from them
+        with contextlib.suppress(ImportError):  # nftables: where libnftables is installed
+            importlib.import_module(name)
     from bootstrap.engine.resource import prepare_adapters
 
     prepare_adapters()

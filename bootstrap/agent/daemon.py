@@ -1,7 +1,9 @@
 """The host daemon: desired documents in, converged host and status documents out.
 
-Start-up runs before any broker is needed: finish an interrupted apply (``recover_host``)
-and re-apply the last known good documents. Then the agent, an async context manager,
+Start-up runs before any broker is needed: finish an interrupted apply (the journal's
+recovery) and re-apply the last known good documents. Whatever touches the host runs in
+a worker forked per job (:mod:`bootstrap.agent.worker`), so the engine is not held
+between applies. Then the agent, an async context manager,
 runs its named tasks in one :class:`asyncio.TaskGroup`: the MQTT session (itself an async
 context manager over the same group), the event publisher, the converge loop and the
 drift loop.
@@ -24,42 +26,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import importlib
 import json
 import logging
 import signal
 from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
+from bootstrap.agent import worker
 from bootstrap.agent.cache import LastKnownGood
-from bootstrap.agent.checks import run_checks
 from bootstrap.agent.config import AgentConfig
 from bootstrap.agent.desired import Desired, Rejection
 from bootstrap.agent.notify import sd_notify
 from bootstrap.agent.session import Session
 from bootstrap.agent.status import State, encode, now, status_document
 from bootstrap.agent.topics import Topics
-from bootstrap.converge import Options, converge, plan_host, recover_host
+from bootstrap.agent.worker import Job, Result, Worker
 from bootstrap.engine.check import Check
-from bootstrap.engine.probe import Probe, TcpProbe
-from bootstrap.engine.resource import Change, prepare_adapters
-from bootstrap.engine.transaction import Outcome
-from bootstrap.errors import BootstrapError, InternalError, InvalidDocument, clip
+from bootstrap.engine.resource import Change
+from bootstrap.errors import InternalError, InvalidDocument, clip
 from bootstrap.host.root import HostRoot
 from bootstrap.model.document import Document, effective_spec
 from bootstrap.model.spec import Spec
-from bootstrap.resources import MODULES as RESOURCE_MODULES
 
 log = logging.getLogger(__name__)
 ROLES_WAIT = 10  # debounces a burst may wait for the roles' documents (see _roles_arrive)
-
-WARM_MODULES = (
-    *(m for m in RESOURCE_MODULES if m != "bootstrap.resources.openvswitch"),
-    "nftables",  # libnftables' binding, which the firewall resource imports when it runs
-    "bootstrap.host.cloudstack",
-)
-"""What the first apply would import; loaded while the agent waits for its documents."""
 SETTLE_MAX = 10.0  # a burst of accepted documents holds the apply at most this long
 STOP_REPORT = 5.0  # a stop waits this long at most for the broker to take our ``offline``
 
@@ -85,6 +76,7 @@ class Agent:
             max_bytes=config.max_payload,
         )
         self.cache = LastKnownGood(self.host)
+        self.worker = Worker(str(config.root))  # forked early by accepted documents
         self.warnings = config.warnings()
         self.plan_warnings: list[str] = []  # what the last plan could not do (e.g. persist)
         self.status = self._status("starting")
@@ -197,6 +189,15 @@ class Agent:
             self._fresh = True
             self._last_accept = asyncio.get_running_loop().time()
             self._attention.set()
+            self._prepare_worker()
+
+    def _prepare_worker(self) -> None:
+        """Fork the next apply's worker now: it imports the engine while the burst settles,
+        so the apply does not wait for it. Best effort: ``_converge`` forks one anyway."""
+        try:
+            self.worker.spawn()
+        except OSError as exc:
+            log.warning("cannot start the agent's worker yet: %s", exc)
 
     # --- rejections, reported from the converge loop -------------------------------------
 
@@ -249,26 +250,32 @@ class Agent:
 
     # --- converging ---------------------------------------------------------------------
 
-    def _probes(self) -> list[Probe]:
+    def _job(self, kind: worker.Kind, spec: Spec | None = None) -> Job:
         broker = self.session.broker or self.config.brokers[0]
-        return [TcpProbe(broker.host, broker.port)]
+        return Job(
+            kind,
+            str(self.config.root),
+            spec=None if spec is None else spec.model_dump(mode="json"),
+            probes=[(broker.host, broker.port)],  # a converge must not cut us off
+            rollback_window=self.config.rollback_window,
+            checks=self.config.enabled_checks,
+        )
 
-    async def _converge(self, spec: Spec) -> Outcome:
-        """One transaction; any exception ends as ``failed`` (the engine reverted)."""
+    async def _converge(self, spec: Spec) -> Result:
+        """One transaction, in a worker; any failure ends as ``failed`` (the engine
+        reverted, or the journal did: a dead worker's apply is recovered here)."""
         self.applies += 1
-        options = Options(self._probes(), self.config.rollback_window, self._event)
         try:
-            plan, outcome = await converge(spec, self.host, options)
-            self.plan_warnings = plan.warnings
-            if outcome.ok:
-                outcome.checks.extend(await run_checks(self.config.enabled_checks, spec, self.host))
-        except BootstrapError as exc:
-            return Outcome("failed", error=exc)
-        except Exception as exc:
-            log.exception("converge failed")
-            return Outcome(
-                "failed", error=InternalError(f"{type(exc).__name__}: {exc}", resource="converge")
-            )
+            outcome = await self.worker.run(self._job("converge", spec), self._event)
+        except OSError as exc:  # no worker (out of processes or memory): nothing was applied
+            log.error("cannot start the agent's worker: %s", exc)
+            error = InternalError(f"cannot start a worker: {exc}", resource="agent")
+            return Result("failed", error=error.to_json())
+        if outcome.died:
+            log.error("%s", (outcome.error or {}).get("message"))
+            await self._recover()  # the journal reverts what the dead worker left
+        else:
+            self.plan_warnings = outcome.warnings
         return outcome
 
     async def _settle(self) -> None:
@@ -300,6 +307,7 @@ class Agent:
             except InvalidDocument as exc:
                 # the combination is invalid: keep the pending ones parked for a fix
                 self.rejections += 1
+                await self.worker.dismiss()
                 await self._report("rejected", error=exc)
                 return False
             targets = ", ".join(f"{k} v{d.version}" for k, d in docs.items())
@@ -333,10 +341,10 @@ class Agent:
         except OSError as exc:
             log.error("cannot write the agent's state: %s", exc)
 
-    async def _finish(self, outcome: Outcome, drift: Sequence[Change] | None = None) -> None:
+    async def _finish(self, outcome: Result, drift: Sequence[Change] | None = None) -> None:
         self._event("done", {"state": outcome.state, "changes": len(outcome.changes)})
         await self._report(
-            outcome.state,
+            cast(State, outcome.state),  # a converge's: one of the transaction's states
             changes=outcome.changes,
             checks=outcome.checks,
             error=outcome.error,
@@ -354,11 +362,16 @@ class Agent:
         await self._report_rejections(now_=True)
         if self.desired.roles_missing():
             # never the overlay without its roles: the burst stays pending, ``_fresh`` stays
-            # set, and the role's document, when it comes, brings the loop back here
+            # set, and the role's document, when it comes, brings the loop back here (and
+            # a worker with it: none is kept waiting meanwhile)
+            await self.worker.dismiss()
             async with self._lock:
                 await self._report(self.status["state"], **self._kept())
             return None
-        return await self._apply_pending()
+        applied = await self._apply_pending()
+        if not self.desired.pending:  # no apply left for a worker forked meanwhile
+            await self.worker.dismiss()
+        return applied
 
     def _kept(self) -> dict[str, Any]:
         """The last status's outcome fields, for a status that changes nothing on the host."""
@@ -437,14 +450,15 @@ class Agent:
                     continue
                 try:
                     await self._check_drift()
-                except BootstrapError as exc:
-                    log.warning("drift check failed: %s", exc.message)
                 except Exception:
                     log.exception("drift check failed")
 
     async def _check_drift(self) -> None:
         spec = effective_spec(self.desired.ordered())
-        plan = await plan_host(spec, self.host)
+        plan = await worker.run(self._job("plan", spec), self._event)
+        if plan.error is not None:
+            log.warning("drift check failed: %s", plan.error.get("message"))
+            return
         drift = plan.changes
         known = self.status.get("drift") or []
         if not drift:
@@ -476,32 +490,13 @@ class Agent:
             docs[key] = doc
         return docs
 
-    async def _warm_up(self) -> None:
-        """Import the engine's resource modules while nothing is asked of us (once READY),
-        so the first document is applied at the speed of later ones instead of paying
-        ~0.3 s of imports inside the rollout. The OVS one only where OVS runs."""
-        modules = list(WARM_MODULES)
-        if self.host.ovsdb_socket.exists():
-            modules.append("bootstrap.resources.openvswitch")
-        for name in modules:
-            try:
-                await asyncio.to_thread(importlib.import_module, name)
-            except Exception as exc:  # a broken optional binding surfaces at apply, named
-                log.debug("warm-up: %s: %s", name, exc)
-        await asyncio.to_thread(prepare_adapters)
-
     async def startup(self) -> None:
         """Without the broker: finish an interrupted apply, then re-apply the cached state."""
         for warning in self.warnings:
             log.warning("insecure setting: %s", warning)
         async with self._lock:
-            try:
-                reverted = await recover_host(self.host)
-            except Exception as exc:
-                log.error("recovery failed: %s", getattr(exc, "message", exc))
-                reverted = None
-            if reverted:
-                log.warning("reverted an interrupted apply: %s", ", ".join(reverted))
+            if self.host.journal_path.exists():  # an apply was interrupted (or still ends)
+                await self._recover()
             self.desired.failed = self.cache.load_failed()
             docs = self._cached()
             if not docs:
@@ -515,6 +510,16 @@ class Agent:
             log.info("re-applying last known good: %s", json.dumps(self.desired.versions()))
             outcome = await self._converge(spec)
             await self._finish(outcome)
+
+    async def _recover(self) -> None:
+        try:
+            recovered = await worker.recover(str(self.config.root), self._event)
+        except OSError as exc:
+            recovered = Result("failed", error={"message": f"no worker: {exc}"})
+        if recovered.error is not None:
+            log.error("recovery failed: %s", recovered.error.get("message"))
+        if recovered.reverted:
+            log.warning("reverted an interrupted apply: %s", ", ".join(recovered.reverted))
 
     # --- the whole ----------------------------------------------------------------------
 
@@ -530,7 +535,6 @@ class Agent:
         if not self.once:
             self._spawn(self._converge_loop(), "converge")
             self._spawn(self._drift_loop(), "drift")
-            self._spawn(self._warm_up(), "warm-up")
         return self
 
     async def _cancel(self, *names: str) -> None:
@@ -547,6 +551,7 @@ class Agent:
         tb: TracebackType | None,
     ) -> None:
         await self._cancel(*list(self._tasks))
+        await self.worker.dismiss()
         await self.session.__aexit__(exc_type, exc, tb)
         assert self._group is not None
         await self._group.__aexit__(exc_type, exc, tb)

@@ -28,3 +28,8 @@ class HostRoot:
     @property
     def state_dir(self) -> Path:
         return self.path("/var/lib/cloudstack-bootstrap")
+
+    @property
+    def journal_path(self) -> Path:
+        """The crash journal: present while a transaction is open (or was interrupted)."""
+        return self.state_dir / "journal.json"

@@ -9,7 +9,8 @@ Every bound is checked *before* the decoder that could blow up on it runs:
 - integers: at most :data:`MAX_INT_DIGITS` digits (Python refuses ``int()`` past 4300
   digits with a ``ValueError``; a bound this small also keeps versions JSON-safe);
 - duplicate keys are an error naming the key (JSON and YAML alike), YAML aliases and
-  tags beyond the plain JSON types are refused (no billion laughs, no objects).
+  tags beyond the plain JSON types are refused (no billion laughs, no objects:
+  :mod:`bootstrap.model.payload_yaml`).
 
 Whatever else goes wrong inside a decoder is mapped to :class:`InvalidDocument` here,
 so a caller only ever sees our own error, with its field.
@@ -19,10 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
-
-import yaml
 
 from bootstrap.errors import InvalidDocument, TooLarge
 
@@ -31,10 +29,9 @@ MAX_DEPTH = 32
 MAX_INT_DIGITS = 19  # 2**63 has 19 digits
 
 _TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
-_INT = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
 
 
-def _bounded_int(text: str) -> int:
+def bounded_int(text: str) -> int:
     digits = len(text.lstrip("+-").replace("_", ""))
     if digits > MAX_INT_DIGITS:
         raise TooLarge(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})", field="")
@@ -81,73 +78,9 @@ def _decode_json(text: str) -> Any:
     return json.loads(
         text,
         object_pairs_hook=_json_object,
-        parse_int=_bounded_int,
+        parse_int=bounded_int,
         parse_constant=_no_constant,
     )
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with duplicate keys refused and integers bounded before ``int()``."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise InvalidDocument(f"duplicate key {key!r}", field=str(key))
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        value = str(node.value)
-        if not _INT.fullmatch(value.strip()):
-            raise InvalidDocument(f"{value[:40]!r}: only decimal integers", field="")
-        return _bounded_int(value.strip())
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-_PLAIN_TAGS = {
-    None,
-    "!",
-    "tag:yaml.org,2002:str",
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:null",
-    "tag:yaml.org,2002:map",
-    "tag:yaml.org,2002:seq",
-}
-
-
-def _yaml_events(text: str) -> Iterator[yaml.Event]:
-    return yaml.parse(text, Loader=yaml.SafeLoader)
-
-
-def _check_yaml_shape(text: str) -> None:
-    """Depth, aliases and tags from the event stream, before any tree is composed."""
-    depth = 0
-    documents = 0
-    for event in _yaml_events(text):
-        if isinstance(event, yaml.AliasEvent):
-            raise InvalidDocument("YAML aliases are not allowed", field="")
-        if isinstance(event, yaml.DocumentStartEvent):
-            documents += 1
-            if documents > 1:
-                raise InvalidDocument("one YAML document per payload", field="")
-        tag = getattr(event, "tag", None)
-        if tag not in _PLAIN_TAGS:
-            raise InvalidDocument(f"YAML tag {str(tag)[:40]!r} is not allowed", field="")
-        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise TooLarge(f"nested deeper than {MAX_DEPTH}", field="")
-        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            depth -= 1
-
-
-def _decode_yaml(text: str) -> Any:
-    _check_yaml_shape(text)
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
 
 
 def _check_strings(data: Any) -> None:
@@ -183,10 +116,10 @@ def decode(raw: bytes | str, *, max_bytes: int = MAX_BYTES) -> Any:
         try:
             data = _decode_json(text)
         except json.JSONDecodeError:
-            try:
-                data = _decode_yaml(text)
-            except yaml.YAMLError as exc:
-                raise InvalidDocument(f"neither JSON nor YAML: {exc}", field="") from exc
+            # YAML's parser (~1.7 MiB) is loaded by the first payload that is not JSON
+            from bootstrap.model import payload_yaml
+
+            data = payload_yaml.decode(text)
         _check_strings(data)
     except InvalidDocument:
         raise

@@ -1,12 +1,16 @@
 """20 agents SIGKILLed at random points of an apply, several rounds: no host is ever left
-half-configured (issue 10). Each agent has its own ``--root`` (file-only specs); after a
-kill, the journal reverts the interrupted apply (``recover_host``, what the agent and
-``csboot recover`` run first at start), and the restarted agent converges."""
+half-configured (issue 10). Each agent has its own ``--root`` (file-only specs). An apply
+runs in the agent's worker (issue 11), so a round kills either both, as an OOM kill of
+the unit would, after which the journal reverts the interrupted apply (``recover_host``,
+what the agent and ``csboot recover`` run first at start); or the agent alone, after
+which its worker reverts (or finishes) on its own before it exits. Then the restarted
+agent converges."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import subprocess
@@ -86,16 +90,27 @@ class Host:
         self.journal = self.root / "var/lib/cloudstack-bootstrap/journal.json"
         self.agent = AgentProcess(self.config)
 
-    def kill_during_apply(self, rng: random.Random, started: threading.Event) -> bool:
-        """SIGKILL at a random point of the next apply; True if the journal was left."""
+    def kill_during_apply(
+        self, rng: random.Random, started: threading.Event, *, worker_too: bool
+    ) -> bool:
+        """SIGKILL at a random point of the next apply, to the agent and its worker or to
+        the agent alone; True if the journal was open at the kill. Returns once the
+        killed processes, and an outliving worker, are gone."""
         deadline = time.monotonic() + 30
         started.wait(30)
         while not self.journal.exists() and time.monotonic() < deadline:
             time.sleep(0.0005)
         time.sleep(rng.uniform(0, 0.04))
+        pid = self.agent.proc.pid
+        workers = [int(w) for w in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if worker_too:
+            for worker in workers:
+                os.kill(worker, signal.SIGKILL)
         self.agent.proc.send_signal(signal.SIGKILL)
         self.agent.proc.wait(10)
-        return self.journal.exists()
+        left = self.journal.exists()
+        until(lambda: not any(map(alive, workers)), 60, "the worker's end")
+        return left
 
 
 @pytest.fixture
@@ -104,6 +119,15 @@ def fleet(tmp_path: Path, broker: Mosquitto) -> Iterator[list[Host]]:
     yield hosts
     for host in hosts:
         host.agent.kill(signal.SIGTERM)
+
+
+def alive(pid: int) -> bool:
+    """Neither gone nor a zombie (its parent, the killed agent, never reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def versions(client: Client, hosts: list[Host]) -> dict[str, Any]:
@@ -125,22 +149,32 @@ def test_sigkill_at_random_points_of_an_apply_leaves_no_half_configured_host(
     for round_ in range(ROUNDS):
         version = round_ + 2
         new, old = refs[(version - 1) % 2], refs[version % 2]
+        worker_too = round_ != 1
         started = threading.Event()
         with ThreadPoolExecutor(N) as pool:
-            kills = [pool.submit(h.kill_during_apply, rng, started) for h in fleet]
+            kills = [
+                pool.submit(h.kill_during_apply, rng, started, worker_too=worker_too) for h in fleet
+            ]
             client.publish(ROLE, doc(version, **SPECS[(version - 1) % 2]))
             started.set()
             left = [k.result() for k in kills]
         interrupted += sum(left)
 
         def recover(
-            host: Host, journal_left: bool, old: Any = old, new: Any = new, round_: int = round_
+            host: Host,
+            journal_left: bool,
+            *,
+            old: Any = old,
+            new: Any = new,
+            round_: int = round_,
+            worker_too: bool = worker_too,
         ) -> str:
             nonlocal whole_before_recovery
             if contents(host.root) in (old, new):
                 whole_before_recovery += 1
             reverted = asyncio.run(recover_host(HostRoot(host.root)))  # what start-up runs
-            assert bool(reverted) == journal_left
+            # an outliving worker reverted (or finished) its apply itself
+            assert bool(reverted) == (journal_left and worker_too)
             after = contents(host.root)
             # 0 half-configured hosts: every file of the old spec, or every file of the new
             assert after in (old, new), (host.name, round_)
@@ -153,7 +187,8 @@ def test_sigkill_at_random_points_of_an_apply_leaves_no_half_configured_host(
         assert all(contents(h.root) == new for h in fleet)
         assert not any(h.journal.exists() for h in fleet)
         print(
-            f"\nround {round_ + 1}: {sum(left)} of {N} killed mid-apply; after recovery "
+            f"\nround {round_ + 1}, {'agent and worker' if worker_too else 'agent alone'}: "
+            f"{sum(left)} of {N} killed mid-apply; after recovery "
             f"{ends.count('old')} whole old, {ends.count('new')} whole new"
         )
     assert interrupted >= N // 2, f"only {interrupted} kills landed mid-apply"

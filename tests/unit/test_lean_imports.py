@@ -100,18 +100,39 @@ def test_a_hostile_status_line_is_skipped() -> None:
     assert got == [("kvm1", {"state": "converged"})]
 
 
-def test_the_agents_warm_up_leaves_the_first_apply_nothing_to_import(tmp_path: Any) -> None:
-    """What the agent imports once READY covers every module the resources of a full spec
-    (Open vSwitch, firewall, persistence, host settings, files) come from: a rollout
-    profile found ~9 % of an agent's CPU in imports (ufw, firewalld, persist, nftables)
-    after an earlier hand-written list fell behind."""
+def test_the_resident_agent_holds_no_engine_and_no_yaml_parser() -> None:
+    """The engine is imported by the workers the agent forks, not by the agent (issue 11:
+    ~15 MiB it held between applies); YAML's parser (~1.7 MiB) by the first payload that
+    is not JSON."""
+    code = (
+        "import sys\nimport bootstrap.cli, bootstrap.agent.daemon\n"
+        "from bootstrap.model.payload import decode\n"
+        "decode(b'{\"a\": [1, 2]}')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'ovs',"
+        " 'nftables', 'yaml') or m.startswith(('bootstrap.resources.', 'bootstrap.converge'))))"
+    )
+    assert _python(code) == "[]"
+    assert "yaml" in _python(code.replace("b'{", "b'a: {").replace("}')", "}\\n')"))
+
+
+def test_a_warm_zygote_leaves_the_workers_first_apply_nothing_to_import(tmp_path: Any) -> None:
+    """What the simulator's zygote imports before it forks agents (whose workers are forks
+    of them) covers every module the resources of a full spec (Open vSwitch, firewall,
+    persistence, host settings, files) come from: a rollout profile found ~9 % of an
+    agent's CPU in imports (ufw, firewalld, persist, nftables) after an earlier
+    hand-written list fell behind."""
     code = f"""
-import importlib, sys, yaml
+import sys, yaml
 from pathlib import Path
-from bootstrap.agent.daemon import WARM_MODULES
-for name in (*WARM_MODULES, "bootstrap.resources.openvswitch"):
-    importlib.import_module(name)
+import simulator.zygote
+simulator.zygote._warm()
 before = set(sys.modules)
+# what the worker's jobs import (bootstrap.agent.worker: _converge, _plan, _recover)
+from bootstrap.agent.checks import run_checks
+from bootstrap.converge import Options, converge, plan_host, recover_host
+from bootstrap.engine.probe import TcpProbe
+from bootstrap.host.cloudstack import run_cloudstack_checks
+from bootstrap.model.document import validate_spec
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Spec
 from bootstrap.resources import resources_for
@@ -136,13 +157,11 @@ print(built, _adapter.cache_info().misses)
 def test_the_agent_verifies_signatures_without_cryptography() -> None:
     """Ed25519 comes from libsodium (PyNaCl, ~1 MiB resident): ``cryptography`` (its own
     OpenSSL, Rust bindings, serialization) held ~13 MiB of a 63 MiB agent. Nothing the
-    agent loads, warm-up included, may bring it back."""
+    agent or its workers load may bring it back."""
     out = _python(
-        "import importlib, sys\n"
-        "import bootstrap.cli, bootstrap.agent.daemon\n"
-        "from bootstrap.agent.daemon import WARM_MODULES\n"
-        "for name in (*WARM_MODULES, 'bootstrap.resources.openvswitch'):\n"
-        "    importlib.import_module(name)\n"
+        "import sys\n"
+        "import simulator.zygote\n"
+        "simulator.zygote._warm()\n"
         "from bootstrap.model.signing import generate_key, load_public_key\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))"
     )
