@@ -52,13 +52,17 @@ def sized(net: str, hosts: int | None) -> str:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
+def _cpu(pid: int, *, children: bool = False) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone.
+    ``children``: with those of its children it has reaped (an agent's workers)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    used = int(fields[11]) + int(fields[12])
+    if children:
+        used += int(fields[13]) + int(fields[14])
+    return used / TICK
 
 
 def _busy() -> float:
@@ -75,14 +79,15 @@ def cpu_before() -> dict[str, float]:
 
 
 def cpu_by_part(fleet: Sim) -> dict[str, float]:
-    """CPU seconds used so far by the fleet's parts: agents, host OVS daemons, the switch,
+    """CPU seconds used so far by the fleet's parts: agents (with the workers they forked
+    and reaped: bootstrap/agent/worker.py), host OVS daemons, the switch,
     the broker, this process (the simulator: publishing, waiting, probing), and ``other``:
     the rest of the machine's busy time (the checks' helper processes, QEMU, commands,
     interrupts; and whatever else runs on the machine, so measure on a quiet one)."""
     parts = {"agents": 0.0, "host ovs": 0.0, "switch": 0.0, "broker": 0.0}
     for host in fleet.hosts.values():
         if host.agent is not None:
-            parts["agents"] += _cpu(host.agent.pid)
+            parts["agents"] += _cpu(host.agent.pid, children=True)
         if host.ovs is not None:
             parts["host ovs"] += sum(_cpu(p.pid) for p in host.ovs._procs.values())
     if fleet.fabric is not None and fleet.fabric.ovs is not None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import json
 import logging
@@ -410,6 +409,8 @@ def _detach(parent: int) -> None:
     # the agent's loop was running in this thread when it forked (Python 3.12's asyncio
     # forgets it by itself after a fork; 3.11's does not)
     asyncio.events._set_running_loop(None)
+    import ctypes  # here: the agent itself never needs it (~0.3 MiB)
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the agent died before the line above: stop now

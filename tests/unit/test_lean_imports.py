@@ -103,13 +103,14 @@ def test_a_hostile_status_line_is_skipped() -> None:
 def test_the_resident_agent_holds_no_engine_and_no_yaml_parser() -> None:
     """The engine is imported by the workers the agent forks, not by the agent (issue 11:
     ~15 MiB it held between applies); YAML's parser (~1.7 MiB) by the first payload that
-    is not JSON."""
+    is not JSON; ctypes (~0.3 MiB) by the worker alone."""
     code = (
         "import sys\nimport bootstrap.cli, bootstrap.agent.daemon\n"
         "from bootstrap.model.payload import decode\n"
         "decode(b'{\"a\": [1, 2]}')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'ovs',"
-        " 'nftables', 'yaml') or m.startswith(('bootstrap.resources.', 'bootstrap.converge'))))"
+        " 'nftables', 'yaml', 'ctypes') or m.startswith(('bootstrap.resources.',"
+        " 'bootstrap.converge'))))"
     )
     assert _python(code) == "[]"
     assert "yaml" in _python(code.replace("b'{", "b'a: {").replace("}')", "}\\n')"))
