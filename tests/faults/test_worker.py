@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -24,7 +24,6 @@ from bootstrap.agent import worker
 from bootstrap.agent.worker import Job, Result
 from bootstrap.engine.journal import Journal
 from bootstrap.engine.plan import make_plan
-from bootstrap.engine.resource import Change, Resource
 from bootstrap.engine.services import NoServices
 from bootstrap.engine.transaction import apply_plan
 from bootstrap.host.root import HostRoot
@@ -34,6 +33,7 @@ from tests.faults.conftest import PREFIX, AgentProcess, Client, until
 from tests.faults.payloads import doc
 from tests.faults.test_sigkill import SPECS, alive, contents, references
 from tests.mqtt.conftest import write_config
+from tests.unit.test_transaction import TextFile
 
 ROLE = f"{PREFIX}/roles/kvm/desired"
 
@@ -150,31 +150,14 @@ async def test_an_invalid_spec_is_a_failed_result_naming_the_field(tmp_path: Pat
     assert done.error is not None and done.error["field"] == "spec.hypervisor"
 
 
-class Hangs(Resource[str | None]):
+class Hangs(TextFile):
     """A file that is written, then the apply waits for ever: a transaction in progress."""
 
-    state_type: ClassVar[object] = str | None
-
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.restarts = frozenset()
-
-    @property
-    def name(self) -> str:
-        return f"file/{self.path.name}"
-
-    async def observe(self) -> str | None:
-        return self.path.read_text() if self.path.exists() else None
-
-    def target(self, current: str | None) -> str | None:
-        return "new"
-
-    def diff(self, current: str | None, target: str | None) -> list[Change]:
-        return [] if current == target else [Change(self.name, "modify", "")]
+        super().__init__(path, "new")
 
     async def apply(self, current: str | None, target: str | None) -> None:
-        assert target is not None
-        self.path.write_text(target)
+        await super().apply(current, target)
         if target == "new":
             await asyncio.sleep(3600)
 
