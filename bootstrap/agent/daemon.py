@@ -271,6 +271,10 @@ class Agent:
             log.error("cannot start the agent's worker: %s", exc)
             error = InternalError(f"cannot start a worker: {exc}", resource="agent")
             return Result("failed", error=error.to_json())
+        except Exception as exc:  # a bug on our side of the pipe: still a failed outcome
+            log.exception("the worker's job failed")
+            error = InternalError(f"{type(exc).__name__}: {exc}", resource="agent")
+            return Result("failed", error=error.to_json())
         if outcome.died:
             log.error("%s", (outcome.error or {}).get("message"))
             await self._recover()  # the journal reverts what the dead worker left
