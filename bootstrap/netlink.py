@@ -11,36 +11,55 @@ other code sees the whole package as usual.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import asyncio
+import errno
 from typing import Any
 
-__all__ = ["AsyncIPRoute", "IPRoute", "NetlinkError"]
+from bootstrap.lazy import register_lazily
+
+__all__ = ["AsyncIPRoute", "IPRoute", "NetlinkError", "get_link", "wait_link"]
 
 
-def _register_lazily(name: str = "pyroute2") -> None:
-    if name in sys.modules:
-        return
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        return  # the imports below then name what is missing
-    package = importlib.util.module_from_spec(spec)
-    loader = spec.loader
-
-    def whole_package(attr: str) -> Any:
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        if importlib.util.find_spec(f"{name}.{attr}") is not None:
-            return importlib.import_module(f"{name}.{attr}")  # a submodule, as Python would
-        del package.__getattr__
-        loader.exec_module(package)
-        return getattr(package, attr)
-
-    setattr(package, "__getattr__", whole_package)  # noqa: B010 (a module-level __getattr__)
-    sys.modules[name] = package
-
-
-_register_lazily()
+register_lazily("pyroute2")
 
 from pyroute2.iproute.linux import AsyncIPRoute, IPRoute  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+from pyroute2.netlink.rtnl import RTM_NEWLINK, RTMGRP_LINK  # noqa: E402
+
+
+async def get_link(ipr: Any, **key: Any) -> Any | None:
+    """One link message by name or index (``RTM_GETLINK`` for that link alone, not a dump
+    of every link); None when there is no such link."""
+    try:
+        (msg,) = await ipr.link("get", **key)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+    return msg
+
+
+async def wait_link(ipr: Any, ifname: str, timeout: float) -> Any | None:
+    """The link ``ifname`` once it exists, waiting at most ``timeout`` seconds for it to
+    appear (None if it does not; one that exists is returned whatever the timeout): an OVS
+    internal port, made by ovs-vswitchd after its database changed. No polling: the kernel
+    announces every new link to the listeners of ``RTMGRP_LINK``, and this listens from
+    before it looks."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with AsyncIPRoute() as events:
+            await events.bind(groups=RTMGRP_LINK)
+            if (link := await get_link(ipr, ifname=ifname)) is not None:
+                return link
+            try:
+                async with asyncio.timeout_at(deadline):
+                    while True:
+                        async for msg in events.get():
+                            if msg["header"]["type"] == RTM_NEWLINK and (
+                                msg.get("ifname") == ifname
+                            ):
+                                return msg
+            except TimeoutError:
+                return None
+            except NetlinkError:  # an overrun lost announcements: look again
+                continue

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -353,6 +354,9 @@ def _child(root: str, jobs: int, lines: int, parent: int) -> None:
     try:
         out = os.fdopen(lines, "w", buffering=1)
         _detach(parent)
+        # the agent's heap as forked: the worker's collections never walk it, so never
+        # write (copy) its pages; what the job allocates is collected as usual
+        gc.freeze()
         # until the job has begun, a stop ends the worker at once (SIG_DFL): importing,
         # waiting for its job or for another worker to finish, it has done nothing
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

@@ -16,7 +16,6 @@ address leaves or arrives on; any other default route (another NIC, another metr
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any, ClassVar
 
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import ResourceError
-from bootstrap.netlink import AsyncIPRoute
+from bootstrap.netlink import AsyncIPRoute, wait_link
 
 __all__ = ["PROTO", "AddressState", "DefaultRoute", "ManagementAddress", "Placement"]
 
@@ -248,13 +247,10 @@ class ManagementAddress(Resource[AddressState]):
 
     async def _wait_link(self, ipr: Any, ifname: str) -> int:
         """The interface may be appearing right now (an OVS internal port): wait, bring up."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        while (index := await self._index(ipr, ifname)) is None:
-            if loop.time() > deadline:
-                raise ResourceError(f"interface {ifname} does not exist", resource=self.name)
-            await asyncio.sleep(0.05)
-        (link,) = await ipr.link("get", index=index)
+        link = await wait_link(ipr, ifname, self.timeout)
+        if link is None:
+            raise ResourceError(f"interface {ifname} does not exist", resource=self.name)
+        index: int = link["index"]
         if not link["flags"] & IFF_UP:
             await self._call(ipr.link("set", index=index, state="up"), f"set {ifname} up")
         return index

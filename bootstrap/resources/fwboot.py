@@ -62,9 +62,12 @@ LINK = f"/etc/systemd/system/{WANTED_BY}.wants/{UNIT}"
 
 
 def render_rules(firewall: Firewall) -> bytes:
-    """Pure: the batch that replaces our table with the spec's, as ``nft -j -f`` input."""
-    batch = replace_batch(desired_state(firewall))
-    return (json.dumps(batch, indent=2, sort_keys=False) + "\n").encode()
+    """Pure: the batch that replaces our table with the spec's, as ``nft -j -f`` input,
+    one command a line (``json.dumps`` with ``indent`` takes the pure-Python encoder,
+    three times slower)."""
+    commands = replace_batch(desired_state(firewall))["nftables"]
+    lines = ",\n".join(f"  {json.dumps(command)}" for command in commands)
+    return f'{{"nftables": [\n{lines}\n]}}\n'.encode()
 
 
 def render_unit(rules_file: str = RULES_FILE) -> bytes:

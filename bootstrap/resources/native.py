@@ -13,14 +13,13 @@ calling thread, so the whole backend acts in whichever network namespace that th
 
 from __future__ import annotations
 
-import errno
 from typing import Any, ClassVar, TypeVar
 
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import InvalidDocument, ResourceError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Network
-from bootstrap.netlink import AsyncIPRoute, NetlinkError
+from bootstrap.netlink import AsyncIPRoute, NetlinkError, get_link
 from bootstrap.resources.native_state import (
     BOND_MODES,
     LACP_RATE,
@@ -58,19 +57,8 @@ _BY_NUMBER = {
 }
 
 
-async def _get(ipr: Any, **key: Any) -> Any | None:
-    """One link message by name or index; None when there is no such link."""
-    try:
-        (msg,) = await ipr.link("get", **key)
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-    return msg
-
-
 async def _index(ipr: Any, ifname: str, resource: str) -> int:
-    msg = await _get(ipr, ifname=ifname)
+    msg = await get_link(ipr, ifname=ifname)
     if msg is None:
         raise ResourceError(f"interface {ifname} does not exist", resource=resource)
     index: int = msg["index"]
@@ -82,7 +70,7 @@ def _kind(msg: Any) -> str:
 
 
 async def _vlan_state(ipr: Any, msg: Any) -> VlanState:
-    parent = await _get(ipr, index=msg.get("link"))
+    parent = await get_link(ipr, index=msg.get("link"))
     return VlanState(
         ifname=msg.get("ifname"),
         parent=parent.get("ifname") if parent is not None else "?",
@@ -152,7 +140,7 @@ async def read_link(
 ) -> VlanState | BridgeState | BondState | None:
     """The link ``ifname`` if it exists; an error naming ``resource`` if it is another kind."""
     async with AsyncIPRoute() as ipr:
-        msg = await _get(ipr, ifname=ifname)
+        msg = await get_link(ipr, ifname=ifname)
         if msg is None:
             return None
         if _kind(msg) != kind:
@@ -217,7 +205,7 @@ async def converge_vlan(
     if now is not None and (
         target is None or (now.parent, now.vlan_id) != (target.parent, target.vlan_id)
     ):
-        old = await _get(ipr, ifname=now.ifname)
+        old = await get_link(ipr, ifname=now.ifname)
         if old is not None:
             master = old.get("master") or 0
             await ipr.link("del", index=old["index"])
@@ -268,7 +256,7 @@ async def converge_bridge(
         index = await _index(ipr, target.ifname, resource)
         if target.ours or target.alias:
             await _mark(ipr, index, None, target)
-        now = await _bridge_state(ipr, await _get(ipr, index=index), frozenset(target.ports))
+        now = await _bridge_state(ipr, await get_link(ipr, index=index), frozenset(target.ports))
     index = await _index(ipr, target.ifname, resource)
     await _set(ipr, index, bridge_settings(now, target))
     for port in target.ports:
@@ -301,7 +289,7 @@ async def converge_bond(
     if now == target:
         return
     if now is not None and (target is None or now.mode != target.mode):
-        old = await _get(ipr, ifname=now.ifname)
+        old = await get_link(ipr, ifname=now.ifname)
         if old is not None:
             await ipr.link("del", index=old["index"])  # releases every member
         now = None
@@ -312,7 +300,7 @@ async def converge_bond(
         index = await _index(ipr, target.ifname, resource)
         if target.ours or target.alias:
             await _mark(ipr, index, None, target)
-        now = await _bond_state(ipr, await _get(ipr, index=index))
+        now = await _bond_state(ipr, await get_link(ipr, index=index))
     index = await _index(ipr, target.ifname, resource)
     if any(
         getattr(now, k) != getattr(target, k) for k in ("miimon", "lacp_rate", "xmit_hash_policy")
@@ -350,7 +338,7 @@ class UplinkResource(Resource[UplinkState | None]):
 
     async def observe(self) -> UplinkState | None:
         async with AsyncIPRoute() as ipr:
-            msg = await _get(ipr, ifname=self._desired.ifname)
+            msg = await get_link(ipr, ifname=self._desired.ifname)
         if msg is None:
             return None
         return UplinkState(msg.get("ifname"), int(msg.get("mtu")), bool(msg["flags"] & IFF_UP))

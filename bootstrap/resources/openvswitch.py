@@ -26,7 +26,7 @@ from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import ResourceError
 from bootstrap.host.root import HostRoot
 from bootstrap.model.spec import Network
-from bootstrap.netlink import AsyncIPRoute
+from bootstrap.netlink import AsyncIPRoute, get_link, wait_link
 from bootstrap.resources.address import ManagementAddress
 from bootstrap.resources.openvswitch_state import (
     FakeBridge,
@@ -456,14 +456,12 @@ class OpenVSwitch(Resource[OvsState]):
 
 
 async def _link_flags(names: set[str]) -> dict[str, bool]:
+    """Whether each of ``names`` is up; a name without a device is left out."""
     if not names:
         return {}
     async with AsyncIPRoute() as ipr:
-        return {
-            link.get("ifname"): bool(link["flags"] & IFF_UP)
-            async for link in await ipr.link("dump")
-            if link.get("ifname") in names
-        }
+        links = {name: await get_link(ipr, ifname=name) for name in sorted(names)}
+    return {name: bool(link["flags"] & IFF_UP) for name, link in links.items() if link}
 
 
 async def _set_links(wanted: dict[str, bool], timeout: float, resource: str) -> None:
@@ -474,15 +472,11 @@ async def _set_links(wanted: dict[str, bool], timeout: float, resource: str) -> 
     deadline = loop.time() + timeout
     async with AsyncIPRoute() as ipr:
         for name, up in sorted(wanted.items()):
-            while not (found := await ipr.link_lookup(ifname=name)):
-                if loop.time() > deadline:
-                    raise ResourceError(
-                        f"internal port {name} has no kernel device", resource=resource
-                    )
-                await asyncio.sleep(0.05)
-            (link,) = await ipr.link("get", index=found[0])
+            link = await wait_link(ipr, name, max(0.0, deadline - loop.time()))
+            if link is None:
+                raise ResourceError(f"internal port {name} has no kernel device", resource=resource)
             if bool(link["flags"] & IFF_UP) != up:
-                await ipr.link("set", index=found[0], state="up" if up else "down")
+                await ipr.link("set", index=link["index"], state="up" if up else "down")
 
 
 def openvswitch_resources(network: Network, host: HostRoot) -> list[Resource[Any]]:
