@@ -8,12 +8,18 @@ not needed for READY). Memory and idle CPU: a simulated fleet (nets/ovs.yaml by 
 rolled out, then every agent's VmRSS, and its CPU seconds over ``--idle`` seconds. Its
 agents start as on a real host, each its own ``csboot agent`` (not forked from the
 simulator's zygote, whose children show less resident memory: they share its pages).
+
+TLS: the simulator's broker is plain MQTT, so what TLS costs is measured beside it, on one
+mosquitto with a plain and a TLS listener (a client certificate required): two agents,
+one on each, converging the same files-only role (their hosts are directories), then the
+VmRSS of each, ``--rounds`` times.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -66,6 +72,57 @@ def startup_to_ready(rounds: int = 5) -> list[float]:
     return out
 
 
+def tls_cost(rounds: int = 2) -> list[tuple[float, float]]:
+    """(plain, TLS) VmRSS in MiB of two converged agents on one broker, per round."""
+    from simulator.broker import Mosquitto, TlsListener
+    from tests.mqtt.conftest import PREFIX, AgentProcess, Client, role_doc, write_config
+    from tests.pki import make_pki
+
+    out = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="csboot-bench-tls-") as name:
+            tmp = Path(name)
+            pki = make_pki(tmp / "pki")
+            tls = TlsListener(pki / "ca.crt", pki / "broker.crt", pki / "broker.key")
+            with Mosquitto(tmp / "broker", tls=tls) as broker:
+                client = Client(broker)
+                client.publish(f"{PREFIX}/roles/kvm/desired", role_doc(1))
+                certs = {"cert": str(pki / "tls1.lab.crt"), "key": str(pki / "tls1.lab.key")}
+                hosts = {
+                    "plain1.lab": ([broker.url], {}),
+                    "tls1.lab": ([broker.tls_url], {"tls": {"ca": str(pki / "ca.crt"), **certs}}),
+                }
+                agents = []
+                for host, (urls, extra) in hosts.items():
+                    (tmp / host).mkdir()
+                    conf = write_config(tmp / f"{host}.toml", urls, tmp / host, host=host, **extra)
+                    agents.append(AgentProcess(conf))
+                try:
+                    for host in hosts:
+                        client.wait_status(lambda s: s["state"] == "converged", host=host)
+                    pids = [a.proc.pid for a in agents]
+                    _quiet(pids)
+                    plain, secure = (_rss_mib(pid) for pid in pids)
+                finally:
+                    for agent in agents:
+                        agent.kill(signal.SIGTERM)
+            out.append((plain, secure))
+    return out
+
+
+def _quiet(pids: list[int], window: float = 0.5, limit: float = 30.0) -> None:
+    """Until the agents used less than 1 % CPU over one ``window`` (their worker reaped,
+    the will renewed): memory is measured on agents at rest."""
+    deadline = time.monotonic() + limit
+    before = sum(map(_cpu, pids))
+    while time.monotonic() < deadline:
+        time.sleep(window)  # a measuring window, not a wait for an event
+        after = sum(map(_cpu, pids))
+        if after - before < 0.01 * window * len(pids) + 1.0 / TICK:
+            return
+        before = after
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -82,9 +139,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("net", nargs="?", default="nets/ovs.yaml")
     p.add_argument("--idle", type=float, default=10.0)
+    p.add_argument("--rounds", type=int, default=2, help="of the TLS measurement")
     args = p.parse_args()
     ready = startup_to_ready()
     print(f"start-up to READY: median {statistics.median(ready):.2f} s, max {max(ready):.2f} s")
+    for plain, secure in tls_cost(args.rounds):
+        print(
+            f"files-only host, RSS after converging: plain MQTT {plain:.1f} MiB,"
+            f" TLS with a client certificate {secure:.1f} MiB ({secure - plain:+.1f})"
+        )
     fleet = Sim.up(args.net, fork_agents=False)  # each agent started as on a real host
     try:
         rows = fleet.rollout()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -290,8 +292,31 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
 ]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, as wide as the terminal the way ``shutil.get_terminal_size`` finds it,
+    without importing ``shutil``: argparse makes a formatter for every argument it checks,
+    and ``shutil`` brings its compression modules into the agent (0.6 MiB) for nothing."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24) -> None:
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            columns = 80
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        super().__init__(prog, indent_increment, max_help_position, columns - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser of ``csboot``, its sub-commands' too, with :class:`_Formatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="csboot",
         description="Converge Apache CloudStack KVM/LXC hypervisor hosts to desired state.",
     )

@@ -21,14 +21,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from bootstrap.lazy import register_lazily
 
-from bootstrap.agent.config import AgentConfig, Broker
-from bootstrap.agent.topics import Topics
-from bootstrap.errors import ConfigError
+# paho imports urllib.request, and with it http.client, the email parser, tempfile and
+# shutil (1.9 MiB in the agent), for one use: a SOCKS proxy named in the environment,
+# which it reads only when PySocks is installed. Its code runs if that ever happens.
+register_lazily("urllib.request")
+
+import aiomqtt  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+
+from bootstrap.agent.config import AgentConfig, Broker  # noqa: E402
+from bootstrap.agent.topics import Topics  # noqa: E402
+from bootstrap.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger(__name__)
 

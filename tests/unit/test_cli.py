@@ -139,3 +139,17 @@ def test_schema_is_json_schema_of_the_document() -> None:
     schema = json.loads(result.stdout)
     assert schema["properties"]["spec"]["properties"]["network"]
     assert set(schema["required"]) >= {"apiVersion", "kind", "name", "version"}
+
+
+def test_help_is_as_wide_as_columns_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsers size their help as argparse would (``COLUMNS``, else the terminal, else
+    80 columns), without the ``shutil`` argparse imports for it (issue 11)."""
+    from bootstrap.cli import build_parser
+
+    for columns in (50, 120):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        parser = build_parser()
+        agent = parser._subparsers._group_actions[0].choices["agent"]  # type: ignore[union-attr]
+        lines = parser.format_help().splitlines() + agent.format_help().splitlines()
+        assert max(map(len, lines)) <= columns - 2
+        assert max(map(len, lines)) > min(columns - 2, 60) - 20  # wrapped at, not far below

@@ -352,3 +352,20 @@ def test_selinux_runtime_wants_permissive_only_where_selinux_runs() -> None:
     ]
     assert enforce.diff(None, None) == []
     assert enforce.load(enforce.dump(True)) is True
+
+
+def test_atomic_writes_temporary_files_are_new_private_and_gone(tmp_path: Path) -> None:
+    from bootstrap.files import _new_temp, atomic_write
+
+    fds = [_new_temp(tmp_path, ".f.") for _ in range(3)]
+    try:
+        names = {name for _, name in fds}
+        assert len(names) == 3  # each a file that did not exist
+        assert {os.stat(n).st_mode & 0o777 for n in names} == {0o600}
+    finally:
+        for fd, name in fds:
+            os.close(fd)
+            os.unlink(name)
+    atomic_write(tmp_path / "f", b"data", mode=0o640)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no temporary left behind
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o640

@@ -167,3 +167,43 @@ def test_the_agent_verifies_signatures_without_cryptography() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))"
     )
     assert out == "[]"
+
+
+def test_the_resident_agent_holds_no_plugin_scan_no_http_client_and_no_shutil(
+    tmp_path: Any,
+) -> None:
+    """pydantic's plugin discovery (``importlib.metadata``: 0.8 MiB), paho's
+    ``urllib.request`` (http.client, the email parser, tempfile: 1.9 MiB) and ``shutil``
+    (argparse's terminal width, ``tempfile``: 0.5 MiB) stay out of the agent, which builds
+    and validates models, makes the CLI's parser and writes files atomically."""
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "import bootstrap.cli, bootstrap.agent.daemon\n"
+        "bootstrap.cli.build_parser()\n"
+        "from bootstrap.files import atomic_write\n"
+        f"atomic_write(Path({str(tmp_path)!r}, 'f'), b'x')\n"
+        "from bootstrap.agent.status import encode\n"
+        "print(sorted(m for m in ('importlib.metadata', 'http.client', 'email.parser',"
+        " 'tempfile', 'shutil') if m in sys.modules))\n"
+        "import urllib.request\n"  # still the whole module to whoever uses it
+        "print(urllib.request.Request.__name__, 'http.client' in sys.modules)\n"
+        "from pydantic.plugin._loader import get_plugins\n"
+        "print(list(get_plugins()))"
+    )
+    assert _python(code).splitlines() == ["[]", "Request True", "[]"]
+    assert (tmp_path / "f").read_bytes() == b"x"
+
+
+def test_a_module_registered_lazily_runs_at_its_first_name(tmp_path: Any) -> None:
+    (tmp_path / "csboot_lazy_probe.py").write_text("print('ran')\nVALUE = 42\n")
+    out = _python(
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
+        "from bootstrap.lazy import register_lazily\n"
+        "register_lazily('csboot_lazy_probe')\n"
+        "import csboot_lazy_probe as m\nprint('imported')\n"
+        "print(m.VALUE, m.VALUE)\n"
+        "import csboot_lazy_probe as again\nprint(again is m)\n"
+        "register_lazily('csboot_lazy_probe')\nprint(sys.modules['csboot_lazy_probe'] is m)\n"
+        "register_lazily('csboot_no_such_module')\nprint('csboot_no_such_module' in sys.modules)"
+    )
+    assert out.splitlines() == ["imported", "ran", "42 42", "True", "True", "False"]
