@@ -295,7 +295,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
 class _Formatter(argparse.HelpFormatter):
     """argparse's, as wide as the terminal the way ``shutil.get_terminal_size`` finds it,
     without importing ``shutil``: argparse makes a formatter for every argument it checks,
-    and ``shutil`` brings its compression modules into the agent (0.6 MiB) for nothing."""
+    and ``shutil`` brings its compression modules into the agent (0.5 MiB) for nothing."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24) -> None:
         try:

@@ -40,7 +40,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
 def _new_temp(directory: Path, prefix: str) -> tuple[int, str]:
     """What ``tempfile.mkstemp`` guarantees (a file that did not exist, opened by us alone,
     mode 0600, no symlink followed) without ``tempfile``, which imports ``shutil`` and its
-    compression modules: 0.6 MiB in the agent, which never needs them."""
+    compression modules: 0.5 MiB in the agent, which never needs them."""
     for _ in range(100):
         name = os.path.join(directory, prefix + os.urandom(6).hex())
         try:

@@ -6,7 +6,10 @@ in every agent, for the two classes the engine uses. So, where nothing has impor
 pyroute2 yet, the package is registered without running its ``__init__`` and the classes
 come from their own modules. The first name asked of the package itself (``from pyroute2
 import NDB`` anywhere else in the process) runs the real ``__init__`` at that moment, so
-other code sees the whole package as usual.
+other code sees the whole package as usual (``bootstrap.lazy.register_lazily``).
+
+With them, what several resources ask of the kernel: one link by name (:func:`get_link`)
+and a link that is about to appear (:func:`wait_link`).
 """
 
 from __future__ import annotations
