@@ -298,13 +298,14 @@ class _Formatter(argparse.HelpFormatter):
     and ``shutil`` brings its compression modules into the agent (0.5 MiB) for nothing."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24) -> None:
-        try:
+        columns = 0
+        with contextlib.suppress(KeyError, ValueError):
             columns = int(os.environ["COLUMNS"])
-        except (KeyError, ValueError):
-            columns = 80
+        if columns <= 0:
             with contextlib.suppress(AttributeError, ValueError, OSError):
                 columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        super().__init__(prog, indent_increment, max_help_position, columns - 2)
+        width = (columns if columns > 0 else 80) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
 
 
 class _Parser(argparse.ArgumentParser):

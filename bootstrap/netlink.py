@@ -46,8 +46,10 @@ async def wait_link(ipr: Any, ifname: str, timeout: float) -> Any | None:
     """The link ``ifname`` once it exists, waiting at most ``timeout`` seconds for it to
     appear (None if it does not; one that exists is returned whatever the timeout): an OVS
     internal port, made by ovs-vswitchd after its database changed. No polling: the kernel
-    announces every new link to the listeners of ``RTMGRP_LINK``, and this listens from
-    before it looks."""
+    announces every new link to the listeners of ``RTMGRP_LINK``; a link not there at the
+    first look is looked for again once listening, then awaited."""
+    if (link := await get_link(ipr, ifname=ifname)) is not None:
+        return link  # the usual case: no listening socket needed
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         async with AsyncIPRoute() as events:

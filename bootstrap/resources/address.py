@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from bootstrap.engine.resource import Change, Resource
 from bootstrap.errors import ResourceError
-from bootstrap.netlink import AsyncIPRoute, wait_link
+from bootstrap.netlink import AsyncIPRoute, get_link, wait_link
 
 __all__ = ["PROTO", "AddressState", "DefaultRoute", "ManagementAddress", "Placement"]
 
@@ -242,8 +242,8 @@ class ManagementAddress(Resource[AddressState]):
         return AddressState(_sorted_placements(placements), _sorted_routes(routes))
 
     async def _index(self, ipr: Any, ifname: str) -> int | None:
-        found = await ipr.link_lookup(ifname=ifname)
-        return int(found[0]) if found else None
+        link = await get_link(ipr, ifname=ifname)
+        return None if link is None else int(link["index"])
 
     async def _wait_link(self, ipr: Any, ifname: str) -> int:
         """The interface may be appearing right now (an OVS internal port): wait, bring up."""
