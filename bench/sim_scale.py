@@ -1,7 +1,7 @@
 """Time a simulated fleet end to end: up, rollout, each check, down.
 
     sudo .venv/bin/python bench/sim_scale.py [nets/scale-100.yaml] [--hosts N] [--json]
-        [--prefault GIB]
+        [--prefault GIB] [--counters]
 
 Prints one table (phase, seconds) plus the fleet's size and whether everything passed,
 the CPU seconds of each part per phase, and the fresh memory each phase took. The fleet
