@@ -16,7 +16,7 @@ its vswitchd's own counters and its agent's page faults and context switches. Wo
 not move with the machine's load as seconds do (the same rollout's CPU moves by 40 % from
 one run to the next here), so a change is judged by it first. Reading them costs a second's
 wait and an ``ovs-appctl`` per host before and after the rollout, outside the rollout's
-time and taken out of the total.
+time and taken out of the total (their CPU shows as ``other`` in the up and check phases).
 """
 
 from __future__ import annotations
