@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
 NET = REPO / "nets/scale-100.yaml"
@@ -83,9 +83,10 @@ def vswitchd_work(ovs: Any) -> tuple[float, int]:
     pid = ovs._procs["ovs-vswitchd"].pid
     tasks = Path(f"/proc/{pid}/task")
     cpu = sum(int((t / "schedstat").read_text().split()[0]) for t in tasks.iterdir()) / 1e9
-    counters = ovs.appctl("ovs-vswitchd", "coverage/show")
-    found = re.search(r"^bridge_reconfigure\s.*total:\s*(\d+)$", counters, re.M)
-    return cpu, int(found.group(1)) if found else 0
+    from sim_scale import coverage_totals  # this directory's: the same reading of them
+
+    shown = ovs.appctl("ovs-vswitchd", "coverage/show")
+    return cpu, coverage_totals(shown, ("bridge_reconfigure",)).get("bridge_reconfigure", 0)
 
 
 def round_trip(kind: str, docs: tuple[Path, Path]) -> tuple[list[float], tuple[float, int]]:

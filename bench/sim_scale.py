@@ -119,6 +119,17 @@ bridges (each database change, each change of one of its links), how many flows 
 translated, how many frames its datapath received (a flood reaches every host)."""
 
 
+def coverage_totals(shown: str, keys: tuple[str, ...]) -> dict[str, int]:
+    """The totals of ``keys`` in ``ovs-appctl coverage/show``'s text (a line a counter:
+    ``name  rates...  total: N``); a counter that never counted is not shown: left out."""
+    totals: dict[str, int] = {}
+    for line in shown.splitlines():
+        key, _, rest = line.partition(" ")
+        if key in keys and "total:" in rest:
+            totals[key] = int(rest.rsplit("total:", 1)[1])
+    return totals
+
+
 def work_by_host(fleet: Sim) -> dict[str, dict[str, int]]:
     """Each host's work so far: its vswitchd's :data:`WORK` counters (``coverage/show``)
     and its agent's minor page faults (its own and its reaped workers': a forked worker
@@ -129,11 +140,7 @@ def work_by_host(fleet: Sim) -> dict[str, dict[str, int]]:
     for name, host in fleet.hosts.items():
         counts = dict.fromkeys(WORK, 0)
         if host.ovs is not None:
-            shown = host.ovs.appctl("ovs-vswitchd", "coverage/show")
-            for line in shown.splitlines():
-                key, _, rest = line.partition(" ")
-                if key in counts and "total:" in rest:
-                    counts[key] = int(rest.rsplit("total:", 1)[1])
+            counts |= coverage_totals(host.ovs.appctl("ovs-vswitchd", "coverage/show"), WORK)
         if host.agent is not None:
             try:
                 proc = Path(f"/proc/{host.agent.pid}")
