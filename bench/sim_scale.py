@@ -59,11 +59,17 @@ def sized(net: str, hosts: int | None) -> str:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    """``/proc/PID/stat``'s fields after the command's name (index 0 is field 3, the
+    state); OSError once the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+
+
 def _cpu(pid: int, *, children: bool = False) -> float:
     """CPU seconds (user + system) a process has used so far; 0 once it is gone.
     ``children``: with those of its children it has reaped (an agent's workers)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        fields = _stat(pid)
     except (OSError, IndexError):
         return 0.0
     used = int(fields[11]) + int(fields[12])
@@ -143,11 +149,10 @@ def work_by_host(fleet: Sim) -> dict[str, dict[str, int]]:
             counts |= coverage_totals(host.ovs.appctl("ovs-vswitchd", "coverage/show"), WORK)
         if host.agent is not None:
             try:
-                proc = Path(f"/proc/{host.agent.pid}")
-                fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()
-                counts["agent faults"] = int(fields[7])
-                counts["worker faults"] = int(fields[8])
-                status = (proc / "status").read_text()
+                fields = _stat(host.agent.pid)
+                counts["agent faults"] = int(fields[7])  # minflt
+                counts["worker faults"] = int(fields[8])  # cminflt: its reaped children's
+                status = Path(f"/proc/{host.agent.pid}/status").read_text()
                 counts["agent wake-ups"] = sum(
                     int(line.split()[1])
                     for line in status.splitlines()
