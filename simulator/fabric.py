@@ -35,6 +35,12 @@ LEARN_BINDING = (
     "NXM_OF_VLAN_TCI[0..11],NXM_OF_ARP_TPA[]=NXM_OF_ARP_SPA[],"
     "load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[])"
 )
+# The same binding gleaned from a connection's first packet (its IPv4 source and MAC).
+GLEAN_BINDING = (
+    f"learn(table={BINDINGS_TABLE},idle_timeout=300,priority=100,dl_type=0x0806,arp_op=1,"
+    "NXM_OF_VLAN_TCI[0..11],NXM_OF_ARP_TPA[]=NXM_OF_IP_SRC[],"
+    "load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])"
+)
 _DEFER_LOCK = threading.Lock()
 
 
@@ -228,6 +234,7 @@ class Fabric:
             mac = str(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS"))
         if self.ovs is not None:
             self._answer_arp(vlan, mac, addresses)
+            self._glean_bindings(vlan, addresses)
             self._look_up_arp(port, vlan)
         return iface
 
@@ -257,6 +264,23 @@ class Fabric:
                     "in_port",
                 )
             )
+            for a in addresses
+        ]
+        self.ovs.ofctl("add-flows", SWITCH_BRIDGE, "-", stdin="\n".join(flows) + "\n")
+
+    def _glean_bindings(self, vlan: int, addresses: list[ipaddress.IPv4Interface]) -> None:
+        """A host's binding gleaned from the first packet of its connection to an access
+        port's address (a TCP SYN tagged ``vlan`` from a trunk: its IPv4 source and MAC),
+        as a fabric that learns bindings from the data plane does, not from ARP alone.
+        Without it the broker's request for a host floods whenever the host connected from
+        an address it never sent an ARP from: one that moved to mgmt0 while the host's
+        entry for the broker was already there (resolved by its old connection, from the
+        old address) — a quarter of the hosts at 200, each request then a new datapath
+        flow in every host's vswitchd (it keys ARP floods on their addresses)."""
+        assert self.ovs is not None
+        flows = [
+            f"priority=80,tcp,dl_vlan={vlan},nw_dst={a.ip},tcp_flags=+syn-ack,"
+            f"actions={GLEAN_BINDING},NORMAL"
             for a in addresses
         ]
         self.ovs.ofctl("add-flows", SWITCH_BRIDGE, "-", stdin="\n".join(flows) + "\n")

@@ -58,6 +58,7 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
         assert any(w.startswith("spec.network.persist:") for w in row.warnings), row
     _switch_answered_arp(fleet)
     _brokers_request_went_to_its_owner(fleet)
+    _binding_gleaned_from_a_connection(fleet)
     _bridges_taught_off_the_wire(fleet)
     results = _by_name(fleet.check())
     assert set(results) == {"reach", "isolation", "ports", "migration", "cloudstack"}
@@ -149,6 +150,48 @@ def _brokers_request_went_to_its_owner(fleet: Sim) -> None:
     while (now := used(binding())) == before and time.monotonic() < deadline:
         time.sleep(0.1)  # polling a counter, not waiting for time
     assert now > before
+    for host in others:
+        assert host.ovs is not None
+        flows = host.ovs.appctl("ovs-vswitchd", "dpctl/dump-flows")
+        assert f"eth(src={broker_mac},dst=ff:ff:ff:ff:ff:ff)" not in flows, (host.name, flows)
+
+
+def _binding_gleaned_from_a_connection(fleet: Sim) -> None:
+    """A host that connects to the broker from an address it never sent an ARP from (its
+    entry for the broker already there, as when its address moved to mgmt0 under an open
+    connection): the switch learns the binding from the connection's SYN, so the broker's
+    request for the host still goes to it alone, and the connection is made. Without that
+    the request floods: each other host's datapath gets a broadcast from the broker."""
+    assert fleet.fabric is not None and fleet.fabric.ovs is not None
+    assert fleet.broker_ns is not None
+    kvm2 = fleet.hosts["kvm2"]
+    address, mac = str(kvm2.layout.mgmt.ip), _mac(kvm2.ns, "mgmt0")
+    broker_mac = _mac(fleet.broker_ns, "v100")
+    others = [h for n, h in fleet.hosts.items() if n != "kvm2"]
+    for host in others:
+        assert host.ovs is not None
+        host.ovs.appctl("ovs-vswitchd", "dpctl/del-flows")
+    # the switch forgets the binding, and the datapath flows its earlier connections left
+    # (a host's first connection from a new address is new to the switch's slow path)
+    binding = f"table={BINDINGS_TABLE},arp,arp_tpa={address}"
+    fleet.fabric.ovs.ofctl("del-flows", SWITCH_BRIDGE, binding)
+    fleet.fabric.ovs.appctl("ovs-vswitchd", "dpctl/del-flows")
+    fleet.broker_ns.run(["ip", "neigh", "flush", "to", address, "dev", "v100"])
+    pin = ["ip", "neigh", "replace", "192.168.42.2", "lladdr", broker_mac, "dev", "mgmt0"]
+    kvm2.ns.run([*pin, "nud", "permanent"])  # kvm2 sends no ARP of its own
+    try:
+        connect = "import socket; socket.create_connection(('192.168.42.2', 1883), 10).close()"
+        kvm2.ns.run([sys.executable, "-c", connect])
+    finally:
+        kvm2.ns.run([*pin, "nud", "stale"])
+    assert f"arp_tpa={address}" in fleet.fabric.ovs.ofctl("dump-flows", SWITCH_BRIDGE, binding)
+    with fleet.broker_ns.iproute() as ipr:
+        (v100,) = ipr.link_lookup(ifname="v100")
+        found = {
+            str(n.get_attr("NDA_DST")): str(n.get_attr("NDA_LLADDR"))
+            for n in ipr.get_neighbours(ifindex=v100)
+        }
+    assert found.get(address) == mac, found
     for host in others:
         assert host.ovs is not None
         flows = host.ovs.appctl("ovs-vswitchd", "dpctl/dump-flows")
