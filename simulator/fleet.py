@@ -341,7 +341,7 @@ class Sim:
             workdir=Path(state["workdir"]),
             namespaces=list(state["namespaces"]),
         )
-        from simulator.ovs import OvsDaemons
+        from simulator.ovs import HOST_CONFIG, OvsDaemons
         from simulator.rollout import attach_broker
 
         sim.broker_ns = Namespace(f"{sim.run_id}-broker")
@@ -357,7 +357,7 @@ class Sim:
             root = sim.workdir / "hosts" / layout.name
             host = SimHost(layout=layout, ns=ns, root=root)
             if layout.backend == "openvswitch":
-                host.ovs = OvsDaemons(root, ns)
+                host.ovs = OvsDaemons(root, ns, other_config=HOST_CONFIG)
             sim.hosts[layout.name] = host
         return sim
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from simulator.fabric import Fabric, no_offload
 from simulator.namespaces import Namespace, veth_pair
 from simulator.nets import HostLayout
-from simulator.ovs import OvsDaemons
+from simulator.ovs import HOST_CONFIG, OvsDaemons
 from simulator.zygote import Forked, Zygote
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class SimHost:
         if cable:
             cls.cable(layout, ns, fabric)
         if layout.backend == "openvswitch":
-            host.ovs = OvsDaemons(root, ns).start()
+            host.ovs = OvsDaemons(root, ns, other_config=HOST_CONFIG).start()
         if layout.install_distro == "ifupdown":
             host.write_installer_interfaces(mgmt_vlan)
         iface = layout.uplink

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from simulator.ovs import OvsDaemons
+from simulator.ovs import HOST_CONFIG, OvsDaemons
 
 if TYPE_CHECKING:
     from simulator.fleet import Sim
@@ -331,6 +331,6 @@ def reboot(sim: Sim, host: SimHost, *, fresh_ovsdb: bool = False) -> RebootResul
     if host.ovs is not None:
         if fresh_ovsdb:
             host.ovs.db_file.unlink(missing_ok=True)
-        host.ovs = OvsDaemons(host.root, host.ns).start()
+        host.ovs = OvsDaemons(host.root, host.ns, other_config=HOST_CONFIG).start()
     output = boot_ifupdown(host)
     return RebootResult(host.name, removed, output, fresh_ovsdb, sysctl_files, units)

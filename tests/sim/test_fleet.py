@@ -57,6 +57,14 @@ def test_ovs_net_passes_every_check(sim: SimFactory) -> None:
     for row in fleet.rollout_rows:
         assert any(w.startswith("spec.network.persist:") for w in row.warnings), row
     _switch_answered_arp(fleet)
+    # each host's vswitchd kept the simulator's one setting through the apply (the product
+    # leaves Open_vSwitch's other_config alone); the switch runs the defaults
+    for host in fleet.hosts.values():
+        assert host.ovs is not None
+        got = host.ovs.vsctl("get", "Open_vSwitch", ".", "other_config").strip()
+        assert got == '{max-revalidator="10000"}', (host.name, got)
+    assert fleet.fabric is not None and fleet.fabric.ovs is not None
+    assert fleet.fabric.ovs.vsctl("get", "Open_vSwitch", ".", "other_config").strip() == "{}"
     _brokers_request_went_to_its_owner(fleet)
     _binding_gleaned_from_a_connection(fleet)
     _bridges_taught_off_the_wire(fleet)
