@@ -268,7 +268,8 @@ def main() -> int:
         pairs = []
         for i in range(1, max(1, args.repeat) + 1):
             print(f"== {n} hosts, run {i}: ours", file=sys.stderr, flush=True)
-            ours = run(sized(args.net, n))
+            with sized(args.net, n) as net:
+                ours = run(net)
             print(f"   {json.dumps(ours['seconds'])} ok={ours['ok']}", file=sys.stderr)
             print(f"== {n} hosts, run {i}: Mininet", file=sys.stderr, flush=True)
             mn = mininet(n)

@@ -22,6 +22,7 @@ time and taken out of the total (their CPU shows as ``other`` in the up and chec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +45,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simulator.fleet import Sim, SimError
 
 
-def sized(net: str, hosts: int | None) -> str:
-    """``net`` with ``hosts.count`` set to ``hosts`` (a temporary copy), or ``net`` itself."""
+@contextlib.contextmanager
+def sized(net: str, hosts: int | None) -> Iterator[str]:
+    """``net`` with ``hosts.count`` set to ``hosts`` (a temporary copy, removed after the
+    block), or ``net`` itself."""
     if hosts is None:
-        return net
+        yield net
+        return
     data = yaml.safe_load(Path(net).read_text())
     data["hosts"]["count"] = hosts
     data["name"] = f"{data['name'].rsplit('-', 1)[0]}-{hosts}"
     fd, path = tempfile.mkstemp(prefix=f"csboot-bench-{hosts}-", suffix=".yaml")
-    with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(data, out)
-    return path
+    try:
+        with os.fdopen(fd, "w") as out:
+            yaml.safe_dump(data, out)
+        yield path
+    finally:
+        os.unlink(path)
 
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -335,9 +343,8 @@ def main() -> int:
     # SIGTERM (timeout, kill) tears the fleet down like Ctrl-C does, through run()'s finally
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        summary = run(
-            sized(args.net, args.hosts), prefault_gib=args.prefault, counters=args.counters
-        )
+        with sized(args.net, args.hosts) as net:
+            summary = run(net, prefault_gib=args.prefault, counters=args.counters)
     except SimError as exc:
         print(f"could not build: {exc}", file=sys.stderr)
         return 2

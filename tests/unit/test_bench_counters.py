@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_sim_scale", REPO / "bench/sim_scale.py")
@@ -77,3 +78,16 @@ def test_medians_are_taken_per_counter_over_the_hosts_in_both_readings() -> None
     after = {"a": {"x": 13, "y": 1}, "b": {"x": 9, "y": 5}, "c": {"x": 8, "y": 100}, "d": {"x": 1}}
     # x grew by 3, 9, 1 (d was not read before); y by 1, 0 (c had none before)
     assert sim_scale.work_medians(after, before) == {"x": 3, "y": 1}
+
+
+def test_a_resized_net_is_a_copy_removed_after_the_run() -> None:
+    net = str(REPO / "nets/scale-100.yaml")
+    with sim_scale.sized(net, None) as same:
+        assert same == net
+    with sim_scale.sized(net, 7) as copy:
+        data = yaml.safe_load(Path(copy).read_text())
+        assert (data["name"], data["hosts"]["count"]) == ("scale-7", 7)
+    assert not Path(copy).exists()
+    with pytest.raises(RuntimeError), sim_scale.sized(net, 3) as failed:
+        raise RuntimeError("the run failed")
+    assert not Path(failed).exists()
