@@ -19,6 +19,7 @@ from simulator.checks import CheckResult
 from simulator.checks.reach import _plan, attach_guests, held, teach_bridges
 from simulator.fabric import BINDINGS_TABLE, SWITCH_BRIDGE, no_offload
 from simulator.fleet import STATE_DIR, Sim
+from simulator.hosts import SimHost
 from simulator.namespaces import Namespace, link_up, ours
 from simulator.pytest_plugin import SimFactory
 from tests.sim.marks import FLEET
@@ -118,6 +119,36 @@ def _switch_answered_arp(fleet: Sim) -> None:
         assert not [n for n, mac in macs.items() if n != name and mac in fdb], (name, fdb)
 
 
+def _quiet_others(fleet: Sim, name: str) -> tuple[str, str, str, list[SimHost]]:
+    """Host ``name``'s management address and MAC, the broker's MAC, and the other hosts,
+    their datapath flows deleted (a broadcast that reaches one leaves a flow there)."""
+    assert fleet.broker_ns is not None
+    host = fleet.hosts[name]
+    broker_mac = _mac(fleet.broker_ns, "v100")
+    others = [h for n, h in fleet.hosts.items() if n != name]
+    for other in others:
+        assert other.ovs is not None
+        other.ovs.appctl("ovs-vswitchd", "dpctl/del-flows")
+    return str(host.layout.mgmt.ip), _mac(host.ns, "mgmt0"), broker_mac, others
+
+
+def _brokers_neighbours(fleet: Sim) -> dict[str, str]:
+    assert fleet.broker_ns is not None
+    with fleet.broker_ns.iproute() as ipr:
+        (v100,) = ipr.link_lookup(ifname="v100")
+        return {
+            str(n.get_attr("NDA_DST")): str(n.get_attr("NDA_LLADDR"))
+            for n in ipr.get_neighbours(ifindex=v100)
+        }
+
+
+def _no_broadcast_from(mac: str, hosts: list[SimHost]) -> None:
+    for host in hosts:
+        assert host.ovs is not None
+        flows = host.ovs.appctl("ovs-vswitchd", "dpctl/dump-flows")
+        assert f"eth(src={mac},dst=ff:ff:ff:ff:ff:ff)" not in flows, (host.name, flows)
+
+
 def _brokers_request_went_to_its_owner(fleet: Sim) -> None:
     """The broker asking for a host (here after forgetting kvm1's address) is not flooded
     to the other hosts: the switch looks the request up in the binding kvm1 taught it
@@ -126,13 +157,7 @@ def _brokers_request_went_to_its_owner(fleet: Sim) -> None:
     and makes a datapath flow for it)."""
     assert fleet.fabric is not None and fleet.fabric.ovs is not None
     assert fleet.broker_ns is not None
-    kvm1 = fleet.hosts["kvm1"]
-    address, mac = str(kvm1.layout.mgmt.ip), _mac(kvm1.ns, "mgmt0")
-    broker_mac = _mac(fleet.broker_ns, "v100")
-    others = [h for n, h in fleet.hosts.items() if n != "kvm1"]
-    for host in others:
-        assert host.ovs is not None
-        host.ovs.appctl("ovs-vswitchd", "dpctl/del-flows")
+    address, mac, broker_mac, others = _quiet_others(fleet, "kvm1")
 
     def used(flows: str) -> int:
         (flow,) = [f for f in flows.splitlines() if f"arp_tpa={address}," in f]
@@ -146,22 +171,14 @@ def _brokers_request_went_to_its_owner(fleet: Sim) -> None:
     fleet.broker_ns.run(["ip", "neigh", "flush", "to", address, "dev", "v100"])
     fleet.broker_ns.run(["ping", "-c", "1", "-W", "5", address], capture_output=True)
     # the host answered the request that reached it alone
-    with fleet.broker_ns.iproute() as ipr:
-        (v100,) = ipr.link_lookup(ifname="v100")
-        found = {
-            str(n.get_attr("NDA_DST")): str(n.get_attr("NDA_LLADDR"))
-            for n in ipr.get_neighbours(ifindex=v100)
-        }
+    found = _brokers_neighbours(fleet)
     assert found.get(address) == mac, found
     # flow counters are credited when vswitchd's revalidator next reads the datapath
     deadline = time.monotonic() + 10
     while (now := used(binding())) == before and time.monotonic() < deadline:
         time.sleep(0.1)  # polling a counter, not waiting for time
     assert now > before
-    for host in others:
-        assert host.ovs is not None
-        flows = host.ovs.appctl("ovs-vswitchd", "dpctl/dump-flows")
-        assert f"eth(src={broker_mac},dst=ff:ff:ff:ff:ff:ff)" not in flows, (host.name, flows)
+    _no_broadcast_from(broker_mac, others)
 
 
 def _binding_gleaned_from_a_connection(fleet: Sim) -> None:
@@ -173,12 +190,7 @@ def _binding_gleaned_from_a_connection(fleet: Sim) -> None:
     assert fleet.fabric is not None and fleet.fabric.ovs is not None
     assert fleet.broker_ns is not None
     kvm2 = fleet.hosts["kvm2"]
-    address, mac = str(kvm2.layout.mgmt.ip), _mac(kvm2.ns, "mgmt0")
-    broker_mac = _mac(fleet.broker_ns, "v100")
-    others = [h for n, h in fleet.hosts.items() if n != "kvm2"]
-    for host in others:
-        assert host.ovs is not None
-        host.ovs.appctl("ovs-vswitchd", "dpctl/del-flows")
+    address, mac, broker_mac, others = _quiet_others(fleet, "kvm2")
     # the switch forgets the binding, and the datapath flows its earlier connections left
     # (a host's first connection from a new address is new to the switch's slow path)
     binding = f"table={BINDINGS_TABLE},arp,arp_tpa={address}"
@@ -193,17 +205,9 @@ def _binding_gleaned_from_a_connection(fleet: Sim) -> None:
     finally:
         kvm2.ns.run([*pin, "nud", "stale"])
     assert f"arp_tpa={address}" in fleet.fabric.ovs.ofctl("dump-flows", SWITCH_BRIDGE, binding)
-    with fleet.broker_ns.iproute() as ipr:
-        (v100,) = ipr.link_lookup(ifname="v100")
-        found = {
-            str(n.get_attr("NDA_DST")): str(n.get_attr("NDA_LLADDR"))
-            for n in ipr.get_neighbours(ifindex=v100)
-        }
+    found = _brokers_neighbours(fleet)
     assert found.get(address) == mac, found
-    for host in others:
-        assert host.ovs is not None
-        flows = host.ovs.appctl("ovs-vswitchd", "dpctl/dump-flows")
-        assert f"eth(src={broker_mac},dst=ff:ff:ff:ff:ff:ff)" not in flows, (host.name, flows)
+    _no_broadcast_from(broker_mac, others)
 
 
 def _bridges_taught_off_the_wire(fleet: Sim) -> None:
