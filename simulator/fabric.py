@@ -28,19 +28,23 @@ __all__ = ["BINDINGS_TABLE", "LEARN_BINDING", "SWITCH_BRIDGE", "Fabric", "in_net
 
 SWITCH_BRIDGE = "tor"
 BINDINGS_TABLE = 10  # the switch's learnt ARP bindings (see Fabric._snoop_arp)
-# Learn, from an ARP packet tagged on a trunk, "on this VLAN, SPA is at SHA": a flow in
-# BINDINGS_TABLE that turns a later *request* for SPA on that VLAN into a unicast to SHA.
-LEARN_BINDING = (
-    f"learn(table={BINDINGS_TABLE},idle_timeout=300,priority=100,dl_type=0x0806,arp_op=1,"
-    "NXM_OF_VLAN_TCI[0..11],NXM_OF_ARP_TPA[]=NXM_OF_ARP_SPA[],"
-    "load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[])"
-)
-# The same binding gleaned from a connection's first packet (its IPv4 source and MAC).
-GLEAN_BINDING = (
-    f"learn(table={BINDINGS_TABLE},idle_timeout=300,priority=100,dl_type=0x0806,arp_op=1,"
-    "NXM_OF_VLAN_TCI[0..11],NXM_OF_ARP_TPA[]=NXM_OF_IP_SRC[],"
-    "load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])"
-)
+
+
+def _learn_binding(address: str, mac: str) -> str:
+    """A ``learn`` action: "on this VLAN, ``address`` is at ``mac``" (two of the packet's
+    fields), as a flow in BINDINGS_TABLE that turns a later ARP *request* for that address
+    on that VLAN into a unicast to that MAC."""
+    return (
+        f"learn(table={BINDINGS_TABLE},idle_timeout=300,priority=100,dl_type=0x0806,arp_op=1,"
+        f"NXM_OF_VLAN_TCI[0..11],NXM_OF_ARP_TPA[]={address},load:{mac}->NXM_OF_ETH_DST[])"
+    )
+
+
+# from an ARP packet tagged on a trunk: its sender's address and MAC
+LEARN_BINDING = _learn_binding("NXM_OF_ARP_SPA[]", "NXM_NX_ARP_SHA[]")
+# gleaned from a connection's first packet: its IPv4 source and Ethernet source
+GLEAN_BINDING = _learn_binding("NXM_OF_IP_SRC[]", "NXM_OF_ETH_SRC[]")
+
 _DEFER_LOCK = threading.Lock()
 
 
